@@ -88,7 +88,7 @@ Registry & reg() {
     return r;
 }
 
-// The last error-level message llama.cpp logged on this thread: load failures are only
+// The first error-level message llama.cpp logged on this thread (since the last clear): load failures are only
 // reported through the log, so it becomes part of the exception message.
 #if defined(__wasm__)
 std::string t_last_log_error;  // the guest is single-threaded (and has no __cxa_thread_atexit)
@@ -164,7 +164,9 @@ void require(bool ok, const char * msg) {
 
 void log_callback(enum ggml_log_level level, const char * text, void *) {
     const int32_t n = (int32_t) strlen(text);
-    if (level == GGML_LOG_LEVEL_ERROR) {
+    // Keep the first error since the last clear: it is the specific one ("tensor x has
+    // wrong shape"); later lines only say that loading failed.
+    if (level == GGML_LOG_LEVEL_ERROR && t_last_log_error.empty()) {
         t_last_log_error.assign(text, n);
         while (!t_last_log_error.empty() && (t_last_log_error.back() == '\n' || t_last_log_error.back() == ' ')) {
             t_last_log_error.pop_back();

@@ -1,0 +1,36 @@
+"""wasillama: llama.cpp in a WebAssembly sandbox, for Python.
+
+    from wasillama import Model
+    with Model.load("model.gguf") as model, model.new_context() as ctx:
+        print(ctx.generate("The capital of France is", max_tokens=16, temperature=0).text)
+"""
+
+from ._abi import ModelInfo
+from .context import Context, TextStream
+from .errors import (
+    AbortedError,
+    BackendError,
+    BackendUnavailableError,
+    ChatTemplateError,
+    ClosedError,
+    ConcurrentUseError,
+    ContextFullError,
+    DecodeError,
+    ModelLoadError,
+    ModelNotFoundError,
+    ModelTooLargeError,
+    OutOfMemoryError,
+    UnsupportedOptionError,
+    WasillamaError,
+)
+from .model import Model
+from .results import GenerationResult, Timings
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "AbortedError", "BackendError", "BackendUnavailableError", "ChatTemplateError", "ClosedError",
+    "ConcurrentUseError", "Context", "ContextFullError", "DecodeError", "GenerationResult", "Model",
+    "ModelInfo", "ModelLoadError", "ModelNotFoundError", "ModelTooLargeError", "OutOfMemoryError",
+    "TextStream", "Timings", "UnsupportedOptionError", "WasillamaError", "__version__",
+]

@@ -1,0 +1,153 @@
+"""The shim's C ABI in Python terms: status codes, flags and the parameter struct layouts.
+
+Mirrors shim/wasillama.h. The structs hold only fixed-width little-endian scalars, so the same
+bytes are valid in the wasm32 guest and in the native library.
+"""
+
+from __future__ import annotations
+
+import struct
+from dataclasses import dataclass
+
+from . import errors
+
+ABI_VERSION = 1
+
+E_HANDLE = -1
+E_ARG = -2
+E_LOAD = -3
+E_NOMEM = -4
+E_CTX_FULL = -5
+E_DECODE = -6
+E_ABORTED = -7
+E_TEMPLATE = -8
+E_INTERNAL = -9
+E_UNSUPPORTED = -10
+
+STOP_LENGTH = 0
+STOP_EOG = 1
+STOP_CTX_FULL = 2
+
+TOK_ADD_SPECIAL = 1
+TOK_PARSE_SPECIAL = 2
+
+_ERRORS: dict[int, type[errors.WasillamaError]] = {
+    E_HANDLE: errors.ClosedError,
+    E_ARG: errors.WasillamaError,
+    E_LOAD: errors.ModelLoadError,
+    E_NOMEM: errors.OutOfMemoryError,
+    E_CTX_FULL: errors.ContextFullError,
+    E_DECODE: errors.DecodeError,
+    E_ABORTED: errors.AbortedError,
+    E_TEMPLATE: errors.ChatTemplateError,
+    E_INTERNAL: errors.BackendError,
+    E_UNSUPPORTED: errors.BackendUnavailableError,
+}
+
+
+def error_for(status: int, message: str) -> errors.WasillamaError:
+    """The exception for a negative shim status and its last-error message."""
+    cls = _ERRORS.get(status, errors.BackendError)
+    return cls(message or f"shim call failed with status {status}")
+
+
+MODEL_PARAMS = struct.Struct("<16i")
+CONTEXT_PARAMS = struct.Struct("<16i")
+SAMPLER_PARAMS = struct.Struct("<Ififfffiff6i")
+MODEL_INFO = struct.Struct("<24q")
+
+
+@dataclass(frozen=True)
+class ModelParams:
+    """Load options (see wl_model_params). Native-only fields are validated by the backend."""
+
+    n_gpu_layers: int = 0
+    main_gpu: int = 0
+    split_mode: int = 1  # llama_split_mode LAYER
+    use_mmap: bool = True
+    use_mlock: bool = False
+    vocab_only: bool = False
+    check_tensors: bool = False
+
+    def pack(self) -> bytes:
+        return MODEL_PARAMS.pack(
+            self.n_gpu_layers, self.main_gpu, self.split_mode, int(self.use_mmap),
+            int(self.use_mlock), int(self.vocab_only), int(self.check_tensors), *([0] * 9),
+        )
+
+
+@dataclass(frozen=True)
+class ContextParams:
+    """Context options (see wl_context_params)."""
+
+    n_ctx: int = 0
+    n_batch: int = 512
+    n_ubatch: int = 512
+    n_seq_max: int = 1
+    n_threads: int = 0
+    n_threads_batch: int = 0
+    embeddings: bool = False
+    flash_attn: int = -1
+    type_k: int = -1
+    type_v: int = -1
+    offload_kqv: bool = True
+    pooling_type: int = -1
+
+    def pack(self) -> bytes:
+        return CONTEXT_PARAMS.pack(
+            self.n_ctx, self.n_batch, self.n_ubatch, self.n_seq_max, self.n_threads,
+            self.n_threads_batch, int(self.embeddings), self.flash_attn, self.type_k, self.type_v,
+            int(self.offload_kqv), self.pooling_type, 0, 0, 0, 0,
+        )
+
+
+@dataclass(frozen=True)
+class SamplerParams:
+    """Sampler chain options (see wl_sampler_params). temperature <= 0 means greedy."""
+
+    seed: int = 0xFFFFFFFF
+    temperature: float = 0.8
+    top_k: int = 40
+    top_p: float = 0.95
+    min_p: float = 0.05
+    typical_p: float = 1.0
+    repeat_penalty: float = 1.0
+    penalty_last_n: int = 64
+    frequency_penalty: float = 0.0
+    presence_penalty: float = 0.0
+
+    def pack(self) -> bytes:
+        return SAMPLER_PARAMS.pack(
+            self.seed & 0xFFFFFFFF, self.temperature, self.top_k, self.top_p, self.min_p,
+            self.typical_p, self.repeat_penalty, self.penalty_last_n, self.frequency_penalty,
+            self.presence_penalty, *([0] * 6),
+        )
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    """Numbers llama.cpp reports about a loaded model (see wl_model_info)."""
+
+    n_params: int
+    size_bytes: int
+    n_ctx_train: int
+    n_embd: int
+    n_layer: int
+    n_head: int
+    n_head_kv: int
+    n_vocab: int
+    vocab_type: int
+    token_bos: int
+    token_eos: int
+    token_eot: int
+    token_nl: int
+    add_bos: bool
+    add_eos: bool
+    has_encoder: bool
+    has_decoder: bool
+    n_swa: int
+
+    @classmethod
+    def unpack(cls, raw: bytes) -> ModelInfo:
+        v = MODEL_INFO.unpack(raw)
+        return cls(*v[:13], bool(v[13]), bool(v[14]), bool(v[15]), bool(v[16]), v[17])

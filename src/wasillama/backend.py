@@ -1,0 +1,131 @@
+"""The Backend protocol: the shim's ABI in Python terms, and where backends are found.
+
+This is the cut between the public API (Model, Context) and the machinery that runs llama.cpp:
+only ints, bytes, strings and numpy arrays cross it. Two implementations exist: the wasm backend
+(wasmtime, sandboxed, always available) and the native backend (the `wasillama-native` plugin,
+found through the ``wasillama.backends`` entry point group).
+
+Handles are plain ints that belong to one backend instance. A wasm backend instance is one
+sandbox (one wasmtime Store and Instance) and holds one model with its contexts; the native
+backend instance is shared by every native model in the process.
+"""
+
+from __future__ import annotations
+
+import mmap
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+from importlib import metadata
+from pathlib import Path
+from typing import Protocol, Union
+
+import numpy as np
+import numpy.typing as npt
+
+from ._abi import ContextParams, ModelInfo, ModelParams, SamplerParams
+from .errors import BackendUnavailableError, ModelNotFoundError
+
+TokenArray = npt.NDArray[np.int32]
+Buffer = Union[bytes, bytearray, memoryview, mmap.mmap]
+
+ENTRY_POINT_GROUP = "wasillama.backends"
+
+
+@dataclass(frozen=True)
+class ModelSource:
+    """Where the model bytes come from: a file path or an in-memory buffer."""
+
+    path: Path | None = None
+    buffer: Buffer | None = None
+
+    @classmethod
+    def of(cls, source: str | os.PathLike[str] | Buffer) -> ModelSource:
+        if isinstance(source, (bytes, bytearray, memoryview, mmap.mmap)):
+            return cls(buffer=source)
+        path = Path(source)
+        if not path.is_file():
+            raise ModelNotFoundError(f"model file not found: {path}")
+        return cls(path=path)
+
+    @property
+    def size(self) -> int:
+        if self.buffer is not None:
+            return len(self.buffer)
+        assert self.path is not None
+        return self.path.stat().st_size
+
+    def describe(self) -> str:
+        return str(self.path) if self.path is not None else f"<{self.size} bytes in memory>"
+
+
+class Backend(Protocol):
+    """What Model and Context need from a backend. Every method raises WasillamaError subclasses."""
+
+    name: str
+    sandboxed: bool
+
+    def close(self) -> None: ...
+
+    def system_info(self) -> str: ...
+
+    # models
+    def load_model(self, source: ModelSource, params: ModelParams,
+                   tensor_split: Sequence[float] = ()) -> int: ...
+    def free_model(self, model: int) -> None: ...
+    def model_info(self, model: int) -> ModelInfo: ...
+    def model_metadata(self, model: int) -> dict[str, str]: ...
+    def model_desc(self, model: int) -> str: ...
+    def chat_template(self, model: int, name: str | None = None) -> str | None: ...
+
+    # vocabulary
+    def tokenize(self, model: int, text: bytes, add_special: bool, parse_special: bool) -> TokenArray: ...
+    def detokenize(self, model: int, tokens: Sequence[int] | TokenArray, keep_special: bool,
+                   render_special: bool) -> bytes: ...
+    def token_piece(self, model: int, token: int, render_special: bool) -> bytes: ...
+    def chat_apply(self, model: int, template: str | None, messages: Sequence[tuple[str, str]],
+                   add_assistant: bool) -> str: ...
+
+    # contexts
+    def new_context(self, model: int, params: ContextParams) -> int: ...
+    def free_context(self, ctx: int) -> None: ...
+    def context_info(self, ctx: int) -> tuple[int, int, int, int]: ...
+    def abort(self, ctx: int) -> None: ...
+    def decode(self, ctx: int, tokens: TokenArray, pos: TokenArray | None = None,
+               seq: TokenArray | None = None, logits: npt.NDArray[np.int8] | None = None) -> int: ...
+    def logits(self, ctx: int, idx: int = -1) -> npt.NDArray[np.float32]: ...
+    def memory_clear(self, ctx: int) -> None: ...
+    def memory_seq_rm(self, ctx: int, seq: int, p0: int, p1: int) -> None: ...
+    def memory_seq_pos_max(self, ctx: int, seq: int) -> int: ...
+
+    # samplers
+    def new_sampler(self, model: int, params: SamplerParams) -> int: ...
+    def free_sampler(self, sampler: int) -> None: ...
+    def sampler_reset(self, sampler: int) -> None: ...
+    def sampler_accept(self, sampler: int, tokens: TokenArray) -> None: ...
+    def generate(self, ctx: int, sampler: int, seq: int, max_tokens: int) -> tuple[TokenArray, int]: ...
+
+
+class BackendPlugin(Protocol):
+    """What a ``wasillama.backends`` entry point resolves to."""
+
+    name: str
+
+    def create(self) -> Backend: ...
+
+
+def installed_plugins() -> dict[str, metadata.EntryPoint]:
+    """Backend plugins registered through the entry point group, by name."""
+    return {ep.name: ep for ep in metadata.entry_points(group=ENTRY_POINT_GROUP)}
+
+
+def load_plugin(name: str) -> BackendPlugin:
+    eps = installed_plugins()
+    if name not in eps:
+        hint = " (pip install ./native_fallback)" if name == "native" else ""
+        raise BackendUnavailableError(f"backend {name!r} is not installed{hint}")
+    try:
+        plugin: BackendPlugin = eps[name].load()
+    except Exception as e:  # a broken plugin must not take the host down
+        raise BackendUnavailableError(f"backend plugin {name!r} failed to load: {e}") from e
+    return plugin

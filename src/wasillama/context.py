@@ -1,0 +1,279 @@
+"""Context: a KV cache and the generation loop on top of a Model.
+
+Thread contract: a Context is used by one thread at a time. Two overlapping calls (from two
+threads, or a new call while a stream is still open) raise ConcurrentUseError instead of
+corrupting the cache. Create one Context per concurrent conversation; they share the model's
+weights.
+
+Prefix caching: the context remembers which tokens its cache holds; a new prompt that starts
+with the same tokens (a chat that grows turn by turn) only evaluates what is new.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from collections.abc import Iterator, Mapping, Sequence
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from . import _abi
+from ._abi import ContextParams, SamplerParams
+from .errors import ClosedError, ConcurrentUseError, ContextFullError
+from .results import FinishReason, GenerationResult, Timings
+from .text import TextAssembler
+
+if TYPE_CHECKING:
+    from .model import Model
+
+Message = Mapping[str, str]
+
+_FINISH: dict[int, FinishReason] = {
+    _abi.STOP_EOG: "eos",
+    _abi.STOP_CTX_FULL: "context_full",
+    _abi.STOP_LENGTH: "length",
+}
+
+
+class Context:
+    """A KV cache bound to a Model. Make one with ``model.new_context()``."""
+
+    def __init__(self, model: Model, params: ContextParams) -> None:
+        self._model = model
+        self._backend = model._backend
+        self._handle = self._backend.new_context(model._require_handle(), params)
+        self.n_ctx, self.n_batch, self.n_ubatch, self.n_seq_max = self._backend.context_info(self._handle)
+        self._cached: list[int] = []  # tokens held by sequence 0 of the KV cache
+        self._busy = threading.Lock()
+        self._closed = False
+
+    # ---- lifecycle ---------------------------------------------------------------------------
+
+    @property
+    def model(self) -> Model:
+        return self._model
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    def close(self) -> None:
+        """Free the KV cache. Idempotent; the model stays open."""
+        if self._closed:
+            return
+        self._closed = True
+        if not self._model.closed:
+            self._backend.free_context(self._handle)
+        self._model._forget(self)
+
+    def __enter__(self) -> Context:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __del__(self) -> None:  # a safety net only; close() is the contract
+        try:
+            self.close()
+        except Exception:
+            pass
+
+    def _acquire(self) -> None:
+        if self._closed or self._model.closed:
+            raise ClosedError("the context is closed")
+        if not self._busy.acquire(blocking=False):
+            raise ConcurrentUseError(
+                "this Context is already in use (by another thread, or by an unfinished stream); "
+                "use one Context per concurrent conversation")
+
+    # ---- tokens ----------------------------------------------------------------------------------
+
+    def tokenize(self, text: str, *, add_special: bool = True, parse_special: bool = False) -> list[int]:
+        return self._model.tokenize(text, add_special=add_special, parse_special=parse_special)
+
+    def detokenize(self, tokens: Sequence[int], *, keep_special: bool = False, render_special: bool = False) -> str:
+        return self._model.detokenize(tokens, keep_special=keep_special, render_special=render_special)
+
+    def clear(self) -> None:
+        """Empty the KV cache."""
+        self._acquire()
+        try:
+            self._backend.memory_clear(self._handle)
+            self._cached = []
+        finally:
+            self._busy.release()
+
+    def abort(self) -> None:
+        """Ask a decode in progress (on another thread) to stop; it raises AbortedError."""
+        if not self._closed:
+            self._backend.abort(self._handle)
+
+    def eval(self, tokens: Sequence[int]) -> None:
+        """Make the cache hold exactly `tokens` (reusing the longest cached prefix)."""
+        self._acquire()
+        try:
+            self._ingest(list(tokens))
+        finally:
+            self._busy.release()
+
+    def logits(self) -> np.ndarray[Any, np.dtype[np.float32]]:
+        """Logits of the last evaluated token (n_vocab floats)."""
+        self._acquire()
+        try:
+            return self._backend.logits(self._handle, -1)
+        finally:
+            self._busy.release()
+
+    # ---- generation ------------------------------------------------------------------------------
+
+    def generate(self, prompt: str | Sequence[int], *, max_tokens: int = 256, temperature: float = 0.8,
+                 top_k: int = 40, top_p: float = 0.95, min_p: float = 0.05, repeat_penalty: float = 1.0,
+                 repeat_last_n: int = 64, frequency_penalty: float = 0.0, presence_penalty: float = 0.0,
+                 seed: int | None = None, stop: Sequence[str] = (), add_special: bool = True,
+                 parse_special: bool = False) -> GenerationResult:
+        """Complete `prompt` (text, or token ids). temperature=0 is greedy (deterministic)."""
+        stream = self.stream(prompt, max_tokens=max_tokens, temperature=temperature, top_k=top_k, top_p=top_p,
+                             min_p=min_p, repeat_penalty=repeat_penalty, repeat_last_n=repeat_last_n,
+                             frequency_penalty=frequency_penalty, presence_penalty=presence_penalty, seed=seed,
+                             stop=stop, add_special=add_special, parse_special=parse_special, _chunk=16)
+        for _ in stream:
+            pass
+        assert stream.result is not None
+        return stream.result
+
+    def stream(self, prompt: str | Sequence[int], *, max_tokens: int = 256, temperature: float = 0.8,
+               top_k: int = 40, top_p: float = 0.95, min_p: float = 0.05, repeat_penalty: float = 1.0,
+               repeat_last_n: int = 64, frequency_penalty: float = 0.0, presence_penalty: float = 0.0,
+               seed: int | None = None, stop: Sequence[str] = (), add_special: bool = True,
+               parse_special: bool = False, _chunk: int = 1) -> TextStream:
+        """Like generate(), as an iterator of text pieces (never a split UTF-8 character).
+        The finished stream's `.result` holds the GenerationResult."""
+        if max_tokens < 0:
+            raise ValueError("max_tokens must be >= 0")
+        if isinstance(prompt, str):
+            tokens = self.tokenize(prompt, add_special=add_special, parse_special=parse_special)
+        else:
+            tokens = [int(t) for t in prompt]
+        if seed is None:
+            seed = int.from_bytes(os.urandom(4), "little")
+        sampling = SamplerParams(seed=seed, temperature=temperature, top_k=top_k, top_p=top_p, min_p=min_p,
+                                 repeat_penalty=repeat_penalty, penalty_last_n=repeat_last_n,
+                                 frequency_penalty=frequency_penalty, presence_penalty=presence_penalty)
+        return TextStream(self._run(tokens, sampling, max_tokens, stop, _chunk if not stop else 1))
+
+    def chat(self, messages: Sequence[Message], *, template: str | None = None, **kwargs: Any) -> GenerationResult:
+        """Answer a conversation, rendered with the model's own chat template (inside the backend)."""
+        prompt = self._model.apply_chat_template(messages, template=template)
+        return self.generate(prompt, parse_special=True, **kwargs)
+
+    def chat_stream(self, messages: Sequence[Message], *, template: str | None = None, **kwargs: Any) -> TextStream:
+        prompt = self._model.apply_chat_template(messages, template=template)
+        return self.stream(prompt, parse_special=True, **kwargs)
+
+    # ---- internals -------------------------------------------------------------------------------
+
+    def _ingest(self, tokens: list[int]) -> int:
+        """Evaluate `tokens`, reusing the cached prefix. Returns how many were reused."""
+        if not tokens:
+            raise ValueError("the prompt is empty (no tokens)")
+        if len(tokens) >= self.n_ctx:
+            raise ContextFullError(
+                f"the prompt has {len(tokens)} tokens but the context holds {self.n_ctx}; "
+                "shorten it or create the context with a larger n_ctx")
+        common = 0
+        for a, b in zip(self._cached, tokens):
+            if a != b:
+                break
+            common += 1
+        common = min(common, len(tokens) - 1)  # re-evaluate at least one token to get logits
+        try:
+            self._backend.memory_seq_rm(self._handle, 0, common, -1)
+        except Exception:  # memory that cannot drop a suffix (recurrent models): start over
+            self._backend.memory_clear(self._handle)
+            common = 0
+        self._cached = self._cached[:common]
+        try:
+            self._backend.decode(self._handle, np.asarray(tokens[common:], dtype=np.int32))
+        except BaseException:
+            # the failed batch may be partly in the cache: forget it all rather than guess
+            self._backend.memory_clear(self._handle)
+            self._cached = []
+            raise
+        self._cached = list(tokens)
+        return common
+
+    def _run(self, tokens: list[int], sampling: SamplerParams, max_tokens: int, stop: Sequence[str],
+             chunk: int) -> Iterator[str | GenerationResult]:
+        self._acquire()
+        sampler = 0
+        try:
+            t0 = time.perf_counter()
+            reused = self._ingest(tokens)
+            t1 = time.perf_counter()
+            sampler = self._backend.new_sampler(self._model._require_handle(), sampling)
+            if sampling.repeat_penalty != 1.0 or sampling.frequency_penalty or sampling.presence_penalty:
+                self._backend.sampler_accept(sampler, np.asarray(tokens, dtype=np.int32))
+            text = TextAssembler(stop)
+            out: list[int] = []
+            finish: FinishReason = "length"
+            while len(out) < max_tokens:
+                new, why = self._backend.generate(self._handle, sampler, 0, min(chunk, max_tokens - len(out)))
+                new_list = new.tolist()
+                out.extend(new_list)
+                self._cached.extend(new_list if why != _abi.STOP_CTX_FULL else new_list[:-1])
+                for tok in new_list:
+                    piece = text.push(self._model.token_piece(tok))
+                    if piece:
+                        yield piece
+                    if text.stopped is not None:
+                        break
+                if text.stopped is not None:
+                    finish = "stop"
+                    break
+                if why != _abi.STOP_LENGTH:
+                    finish = _FINISH[why]
+                    break
+            tail = text.finish()
+            if tail:
+                yield tail
+            t2 = time.perf_counter()
+            yield GenerationResult(
+                text=text.text, tokens=out, prompt_tokens=len(tokens), cached_prompt_tokens=reused,
+                finish_reason=finish, stop_sequence=text.stopped,
+                timings=Timings(len(tokens) - reused, t1 - t0, len(out), t2 - t1))
+        finally:
+            if sampler:
+                self._backend.free_sampler(sampler)
+            self._busy.release()
+
+
+class TextStream(Iterator[str]):
+    """Text pieces as they are generated; `.result` once exhausted. close() stops early."""
+
+    def __init__(self, gen: Iterator[str | GenerationResult]) -> None:
+        self._gen = gen
+        self.result: GenerationResult | None = None
+
+    def __iter__(self) -> TextStream:
+        return self
+
+    def __next__(self) -> str:
+        item = next(self._gen)
+        if isinstance(item, GenerationResult):
+            self.result = item
+            self.close()  # runs the generator's cleanup: frees the sampler, releases the context
+            raise StopIteration
+        return item
+
+    def close(self) -> None:
+        close = getattr(self._gen, "close", None)
+        if close is not None:
+            close()
+
+    def __enter__(self) -> TextStream:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

@@ -1,0 +1,240 @@
+"""Model: weights, vocabulary and chat template, loaded into a backend.
+
+Thread contract: a Model may be shared by many threads (tokenize, detokenize, metadata and
+new_context are safe concurrently); each Context is one-thread-at-a-time. On the wasm backend
+calls into one model's sandbox are serialised; on the native backend they run in parallel.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import weakref
+from collections.abc import Mapping, Sequence
+from functools import cached_property
+from typing import Literal
+
+from ._abi import ContextParams, ModelInfo, ModelParams
+from .backend import Backend, Buffer, ModelSource, installed_plugins, load_plugin
+from .context import Context
+from .errors import ClosedError, UnsupportedOptionError, WasillamaError
+from .wasm import WasmBackend
+from .wasm.backend import WASM32_MODEL_LIMIT
+
+log = logging.getLogger("wasillama")
+
+BackendName = Literal["wasm", "native", "auto"]
+
+
+def _choose_backend(requested: BackendName, source: ModelSource, gpu_layers: int) -> str:
+    if requested in ("wasm", "native"):
+        return requested
+    if requested != "auto":
+        raise UnsupportedOptionError(f"unknown backend {requested!r}: use 'wasm', 'native' or 'auto'")
+    if "native" in installed_plugins() and (gpu_layers != 0 or source.size > WASM32_MODEL_LIMIT):
+        return "native"
+    return "wasm"
+
+
+class Model:
+    """A loaded GGUF model. Use ``Model.load(...)``; close it (or use ``with``) when done."""
+
+    def __init__(self, backend: Backend, handle: int, source: ModelSource, owns_backend: bool) -> None:
+        self._backend = backend
+        self._handle = handle
+        self._source = source
+        self._owns_backend = owns_backend
+        self._closed = False
+        self._lock = threading.Lock()
+        self._contexts: weakref.WeakSet[Context] = weakref.WeakSet()
+        self._pieces: dict[int, bytes] = {}
+        self.info: ModelInfo = backend.model_info(handle)
+
+    @classmethod
+    def load(cls, source: str | os.PathLike[str] | Buffer, *, backend: BackendName = "wasm",
+             trust_model: bool = False, gpu_layers: int = 0, main_gpu: int = 0,
+             tensor_split: Sequence[float] = (), mmap: bool = True, mlock: bool = False,
+             vocab_only: bool = False, check_tensors: bool = False) -> Model:
+        """Load a GGUF model from a path or from bytes.
+
+        backend: "wasm" (default) runs llama.cpp inside a wasmtime sandbox: the model file can
+        be hostile and the process survives. "native" uses the wasillama-native plugin (GPU,
+        threads, no 4 GiB limit) and is not a sandbox, so it needs ``trust_model=True``.
+        "auto" picks native only when the plugin is installed and the model is too big for
+        wasm32 or GPU layers were asked for (still subject to trust_model).
+        """
+        src = ModelSource.of(source)
+        name = _choose_backend(backend, src, gpu_layers)
+        log.info("loading %s with the %s backend", src.describe(), name)
+        params = ModelParams(n_gpu_layers=gpu_layers, main_gpu=main_gpu, use_mmap=mmap, use_mlock=mlock,
+                             vocab_only=vocab_only, check_tensors=check_tensors)
+        if name == "native":
+            if not trust_model:
+                raise UnsupportedOptionError(
+                    "the native backend runs llama.cpp without a sandbox: a malicious model file can "
+                    "compromise this process. Pass trust_model=True if you trust the file.")
+            be: Backend = load_plugin("native").create()
+            return cls(be, be.load_model(src, params, tensor_split), src, owns_backend=False)
+        wasm = WasmBackend()
+        try:
+            return cls(wasm, wasm.load_model(src, params, tensor_split), src, owns_backend=True)
+        except BaseException:
+            wasm.close()
+            raise
+
+    # ---- lifecycle ---------------------------------------------------------------------------
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    def _require_handle(self) -> int:
+        if self._closed:
+            raise ClosedError("the model is closed")
+        return self._handle
+
+    def close(self) -> None:
+        """Close every context of this model, then free the weights. Idempotent."""
+        with self._lock:
+            if self._closed:
+                return
+            contexts = list(self._contexts)
+        for ctx in contexts:
+            ctx.close()
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+        try:
+            self._backend.free_model(self._handle)
+        except WasillamaError as e:  # a poisoned sandbox cannot free; it is dropped whole below
+            log.debug("freeing the model failed: %s", e)
+        if self._owns_backend:
+            self._backend.close()
+
+    def _forget(self, ctx: Context) -> None:
+        self._contexts.discard(ctx)
+
+    def __enter__(self) -> Model:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __del__(self) -> None:  # a safety net only
+        try:
+            self.close()
+        except Exception:
+            pass
+
+    def __repr__(self) -> str:
+        state = "closed" if self._closed else f"{self.architecture}, {self.n_params / 1e6:.0f}M params"
+        return f"<Model {self._source.describe()} ({state}) on {self.backend_name}>"
+
+    # ---- facts -------------------------------------------------------------------------------
+
+    @property
+    def backend_name(self) -> str:
+        return self._backend.name
+
+    @property
+    def sandboxed(self) -> bool:
+        return self._backend.sandboxed
+
+    @cached_property
+    def metadata(self) -> dict[str, str]:
+        """Every GGUF metadata key/value, as strings."""
+        return self._backend.model_metadata(self._require_handle())
+
+    @property
+    def architecture(self) -> str:
+        return self.metadata.get("general.architecture", "")
+
+    @property
+    def name(self) -> str:
+        return self.metadata.get("general.name", "")
+
+    @cached_property
+    def description(self) -> str:
+        return self._backend.model_desc(self._require_handle())
+
+    @property
+    def n_params(self) -> int:
+        return self.info.n_params
+
+    @property
+    def size_bytes(self) -> int:
+        return self.info.size_bytes
+
+    @property
+    def n_ctx_train(self) -> int:
+        return self.info.n_ctx_train
+
+    @property
+    def n_embd(self) -> int:
+        return self.info.n_embd
+
+    @property
+    def n_layer(self) -> int:
+        return self.info.n_layer
+
+    @property
+    def n_vocab(self) -> int:
+        return self.info.n_vocab
+
+    @cached_property
+    def chat_template(self) -> str | None:
+        """The model's own chat template (Jinja source from the GGUF), or None."""
+        return self._backend.chat_template(self._require_handle())
+
+    # ---- vocabulary --------------------------------------------------------------------------
+
+    def tokenize(self, text: str, *, add_special: bool = True, parse_special: bool = False) -> list[int]:
+        """Token ids for `text`. add_special adds BOS/EOS as the model asks; parse_special
+        turns control-token text (e.g. "<|im_start|>") into control tokens."""
+        arr = self._backend.tokenize(self._require_handle(), text.encode("utf-8", "surrogatepass"),
+                                     add_special, parse_special)
+        return [int(t) for t in arr]
+
+    def detokenize(self, tokens: Sequence[int], *, keep_special: bool = False, render_special: bool = False) -> str:
+        """Text for token ids. Invalid UTF-8 (a cut multi-byte character) becomes U+FFFD."""
+        raw = self._backend.detokenize(self._require_handle(), list(tokens), keep_special, render_special)
+        return raw.decode("utf-8", "replace")
+
+    def token_piece(self, token: int) -> bytes:
+        """The bytes a token stands for (may be part of a UTF-8 character). Cached per token."""
+        piece = self._pieces.get(token)
+        if piece is None:
+            piece = self._backend.token_piece(self._require_handle(), token, False)
+            self._pieces[token] = piece
+        return piece
+
+    def apply_chat_template(self, messages: Sequence[Mapping[str, str]], *, add_generation_prompt: bool = True,
+                            template: str | None = None) -> str:
+        """Render messages ({"role": ..., "content": ...}) with the model's chat template.
+        Rendering runs inside the backend (llama.cpp's template code), never with host Jinja."""
+        pairs = []
+        for m in messages:
+            if "role" not in m or "content" not in m:
+                raise ValueError("each message needs 'role' and 'content'")
+            pairs.append((str(m["role"]), str(m["content"])))
+        return self._backend.chat_apply(self._require_handle(), template, pairs, add_generation_prompt)
+
+    # ---- contexts ----------------------------------------------------------------------------
+
+    def new_context(self, *, n_ctx: int = 4096, n_batch: int = 512, n_ubatch: int = 512, n_threads: int = 0,
+                    n_threads_batch: int = 0, flash_attn: bool | None = None, type_k: int = -1,
+                    type_v: int = -1, offload_kqv: bool = True) -> Context:
+        """A new KV cache of n_ctx tokens (0 = the model's training length)."""
+        if n_ctx < 0 or n_batch <= 0 or n_ubatch <= 0:
+            raise ValueError("n_ctx must be >= 0, n_batch and n_ubatch > 0")
+        params = ContextParams(n_ctx=n_ctx, n_batch=n_batch, n_ubatch=min(n_ubatch, n_batch), n_threads=n_threads,
+                               n_threads_batch=n_threads_batch,
+                               flash_attn=-1 if flash_attn is None else int(flash_attn),
+                               type_k=type_k, type_v=type_v, offload_kqv=offload_kqv)
+        self._require_handle()
+        ctx = Context(self, params)
+        with self._lock:
+            self._contexts.add(ctx)
+        return ctx

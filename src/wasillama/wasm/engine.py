@@ -1,0 +1,114 @@
+"""The wasmtime Engine and the compiled llama.wasm module, cached on disk.
+
+Compiling the 3.5 MB module takes seconds; deserializing a cached compilation takes a
+millisecond. Cache entries are keyed by the module's sha256, the wasmtime version and the
+engine configuration, so a new module or a new wasmtime never loads a stale compilation. Only
+files this process wrote (atomically, with a sha256 sidecar that is checked) are deserialized.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import tempfile
+import threading
+import time
+from dataclasses import dataclass
+from importlib import metadata
+from pathlib import Path
+
+import wasmtime
+
+from ..errors import BackendUnavailableError
+from ..paths import cache_dir, wasm_module_path
+
+log = logging.getLogger("wasillama")
+
+# Every engine setting that changes the compiled code belongs in this key.
+_CONFIG_KEY = "simd+exceptions+v1"
+
+
+@dataclass
+class CompiledModule:
+    engine: wasmtime.Engine
+    module: wasmtime.Module
+    module_sha256: str
+    from_cache: bool
+    seconds: float
+
+
+_lock = threading.Lock()
+_compiled: CompiledModule | None = None
+
+
+def _make_engine() -> wasmtime.Engine:
+    cfg = wasmtime.Config()
+    cfg.wasm_simd = True
+    cfg.wasm_exceptions = True  # llama.cpp reports load errors by throwing
+    return wasmtime.Engine(cfg)
+
+
+def wasmtime_version() -> str:
+    return metadata.version("wasmtime")
+
+
+def module_cache_path(module_sha256: str) -> Path:
+    key = hashlib.sha256(f"{module_sha256}:{wasmtime_version()}:{_CONFIG_KEY}".encode()).hexdigest()[:32]
+    return cache_dir() / "compiled" / f"llama-{key}.cwasm"
+
+
+def _load_cached(engine: wasmtime.Engine, path: Path) -> wasmtime.Module | None:
+    sidecar = path.with_suffix(".sha256")
+    try:
+        expected = sidecar.read_text().strip()
+        actual = hashlib.sha256(path.read_bytes()).hexdigest()
+    except OSError:
+        return None
+    if actual != expected:
+        log.warning("ignoring corrupt compiled-module cache %s", path)
+        return None
+    try:
+        return wasmtime.Module.deserialize_file(engine, str(path))
+    except wasmtime.WasmtimeError as e:
+        log.warning("ignoring unusable compiled-module cache %s: %s", path, e)
+        return None
+
+
+def _store_cached(module: wasmtime.Module, path: Path) -> None:
+    try:
+        data = module.serialize()
+        path.parent.mkdir(parents=True, exist_ok=True)
+        for target, payload in ((path, bytes(data)), (path.with_suffix(".sha256"), hashlib.sha256(data).hexdigest().encode())):
+            fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-")
+            with os.fdopen(fd, "wb") as f:
+                f.write(payload)
+            os.replace(tmp, target)
+    except OSError as e:  # a read-only cache only costs start-up time
+        log.warning("could not write the compiled-module cache %s: %s", path, e)
+
+
+def compiled_module() -> CompiledModule:
+    """The process-wide Engine and Module, compiled once (or loaded from the disk cache)."""
+    global _compiled
+    with _lock:
+        if _compiled is not None:
+            return _compiled
+        path = wasm_module_path()
+        try:
+            wasm = path.read_bytes()
+        except OSError as e:
+            raise BackendUnavailableError(f"the wasm module is missing: {path} ({e})") from e
+        sha = hashlib.sha256(wasm).hexdigest()
+        engine = _make_engine()
+        cached = module_cache_path(sha)
+        start = time.perf_counter()
+        module = _load_cached(engine, cached)
+        from_cache = module is not None
+        if module is None:
+            module = wasmtime.Module(engine, wasm)
+            _store_cached(module, cached)
+        seconds = time.perf_counter() - start
+        log.debug("wasm module %s %s in %.3f s", sha[:12], "loaded from cache" if from_cache else "compiled", seconds)
+        _compiled = CompiledModule(engine, module, sha, from_cache, seconds)
+        return _compiled
