@@ -1,0 +1,217 @@
+"""The `wasillama` command: run, chat, bench, info."""
+
+from __future__ import annotations
+
+import logging
+import os
+import platform
+import sys
+from collections.abc import Callable
+from typing import Any
+
+import click
+
+from . import __version__
+from .backend import installed_plugins
+from .errors import WasillamaError
+from .model import Model
+
+
+def _load(model_path: str | None, backend: str, gpu_layers: int, trust_model: bool) -> Model:
+    if model_path is None:
+        from .default_model import default_model_path
+
+        model_path = str(default_model_path())
+    return Model.load(model_path, backend=backend, gpu_layers=gpu_layers, trust_model=trust_model)  # type: ignore[arg-type]
+
+
+def model_options(f: Callable[..., Any]) -> Callable[..., Any]:
+    """Options every command that loads a model shares."""
+    opts = [
+        click.option("-m", "--model", "model_path", type=click.Path(dir_okay=False),
+                     help="GGUF file (default: SmolLM2-135M-Instruct, fetched once into the cache)."),
+        click.option("--backend", type=click.Choice(["wasm", "native", "auto"]), default="wasm", show_default=True,
+                     help="wasm is sandboxed; native (plugin) trusts the model file and can use a GPU."),
+        click.option("--gpu-layers", "-ngl", type=int, default=0, show_default=True,
+                     help="Layers to offload to the GPU (native backend; -1 = all)."),
+        click.option("--trust-model", is_flag=True, help="Allow the unsandboxed native backend to read this file."),
+        click.option("-v", "--verbose", is_flag=True, help="Show llama.cpp's log."),
+    ]
+    for opt in reversed(opts):
+        f = opt(f)
+    return f
+
+
+def sampling_options(f: Callable[..., Any]) -> Callable[..., Any]:
+    opts = [
+        click.option("-n", "--n-predict", "max_tokens", type=int, default=256, show_default=True,
+                     help="Most tokens to generate."),
+        click.option("--temp", "temperature", type=float, default=0.8, show_default=True,
+                     help="Sampling temperature; 0 = greedy."),
+        click.option("--top-k", type=int, default=40, show_default=True),
+        click.option("--top-p", type=float, default=0.95, show_default=True),
+        click.option("--min-p", type=float, default=0.05, show_default=True),
+        click.option("--repeat-penalty", type=float, default=1.0, show_default=True),
+        click.option("-s", "--seed", type=int, default=None, help="RNG seed (default: random)."),
+        click.option("-c", "--ctx-size", "n_ctx", type=int, default=4096, show_default=True),
+    ]
+    for opt in reversed(opts):
+        f = opt(f)
+    return f
+
+
+def _setup_logging(verbose: bool) -> None:
+    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, format="%(name)s: %(message)s")
+    if not verbose:
+        logging.getLogger("wasillama.llama").setLevel(logging.ERROR)
+
+
+class _Cli(click.Group):
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except WasillamaError as e:  # user-facing failures: one line, no traceback
+            click.echo(f"error: {e}", err=True)
+            sys.exit(1)
+
+
+@click.group(cls=_Cli)
+@click.version_option(__version__, prog_name="wasillama")
+def main() -> None:
+    """llama.cpp in a WebAssembly sandbox."""
+
+
+@main.command()
+@click.option("-p", "--prompt", required=True, help="The prompt.")
+@click.option("--raw", is_flag=True, help="Complete the prompt as plain text instead of as a chat message.")
+@click.option("--system", default=None, help="System message (chat mode).")
+@click.option("--timings", is_flag=True, help="Print prompt and generation speed to stderr.")
+@model_options
+@sampling_options
+def run(prompt: str, raw: bool, system: str | None, timings: bool, model_path: str | None, backend: str,
+        gpu_layers: int, trust_model: bool, verbose: bool, n_ctx: int, **sampling: Any) -> None:
+    """Generate a reply to PROMPT (as a chat turn when the model has a chat template)."""
+    _setup_logging(verbose)
+    with _load(model_path, backend, gpu_layers, trust_model) as model, model.new_context(n_ctx=n_ctx) as ctx:
+        if raw or model.chat_template is None:
+            stream = ctx.stream(prompt, **sampling)
+        else:
+            messages = ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": prompt}]
+            stream = ctx.chat_stream(messages, **sampling)
+        for piece in stream:
+            click.echo(piece, nl=False)
+        click.echo()
+        if timings and stream.result is not None:
+            t = stream.result.timings
+            click.echo(f"prompt: {t.prompt_tokens} tokens, {t.prompt_tokens_per_second:.1f} t/s; "
+                       f"generation: {t.generated_tokens} tokens, {t.generation_tokens_per_second:.1f} t/s", err=True)
+
+
+@main.command()
+@click.option("--system", default=None, help="System message.")
+@model_options
+@sampling_options
+def chat(system: str | None, model_path: str | None, backend: str, gpu_layers: int, trust_model: bool,
+         verbose: bool, n_ctx: int, **sampling: Any) -> None:
+    """Interactive multi-turn chat (Ctrl-D or /exit to quit, /reset to start over)."""
+    _setup_logging(verbose)
+    with _load(model_path, backend, gpu_layers, trust_model) as model, model.new_context(n_ctx=n_ctx) as ctx:
+        first = [{"role": "system", "content": system}] if system else []
+        messages = list(first)
+        interactive = sys.stdin.isatty()
+        while True:
+            try:
+                line = input("> ") if interactive else sys.stdin.readline()
+            except (EOFError, KeyboardInterrupt):
+                break
+            if not interactive and line == "":
+                break
+            line = line.strip()
+            if line in ("/exit", "/quit"):
+                break
+            if line == "/reset":
+                messages = list(first)
+                continue
+            if not line:
+                continue
+            messages.append({"role": "user", "content": line})
+            stream = ctx.chat_stream(messages, **sampling)
+            for piece in stream:
+                click.echo(piece, nl=False)
+            click.echo()
+            assert stream.result is not None
+            messages.append({"role": "assistant", "content": stream.result.text})
+
+
+@main.command()
+@click.option("-p", "--n-prompt", type=int, default=512, show_default=True, help="Prompt tokens (pp test).")
+@click.option("-n", "--n-gen", type=int, default=128, show_default=True, help="Generated tokens (tg test).")
+@click.option("-r", "--repetitions", type=int, default=3, show_default=True)
+@click.option("-b", "--batch-size", type=int, default=512, show_default=True)
+@click.option("-t", "--threads", type=int, default=0, help="Threads (native backend; the wasm guest uses 1).")
+@click.option("--llama-bench", "llama_bench", type=click.Path(exists=True, dir_okay=False), default=None,
+              help="Also run this native llama-bench binary on the same model and print ratios.")
+@click.option("--llama-bench-threads", type=int, default=1, show_default=True,
+              help="Threads for llama-bench (1 compares per-thread speed with the single-threaded guest).")
+@model_options
+def bench(n_prompt: int, n_gen: int, repetitions: int, batch_size: int, threads: int, llama_bench: str | None,
+          llama_bench_threads: int, model_path: str | None, backend: str, gpu_layers: int, trust_model: bool,
+          verbose: bool) -> None:
+    """Prompt processing (pp) and generation (tg) speed, as llama-bench measures them."""
+    from .bench import run_bench, run_llama_bench
+    from .default_model import default_model_path
+
+    _setup_logging(verbose)
+    path = model_path or str(default_model_path())
+    with _load(path, backend, gpu_layers, trust_model) as model:
+        ours = run_bench(model, n_prompt=n_prompt, n_gen=n_gen, repetitions=repetitions, n_batch=batch_size,
+                         n_threads=threads)
+        desc = f"{model.description} ({model.size_bytes / 2**20:.0f} MiB)"
+    theirs = {}
+    if llama_bench:
+        theirs = {r.test: r for r in run_llama_bench(llama_bench, path, n_prompt=n_prompt, n_gen=n_gen,
+                                                     repetitions=repetitions, threads=llama_bench_threads,
+                                                     gpu_layers=gpu_layers)}
+    click.echo(f"model: {desc}  backend: {backend}  machine: {platform.machine()}, {os.cpu_count()} CPUs")
+    header = f"| {'test':>8} | {'wasillama t/s':>16} |"
+    if theirs:
+        header += f" {'llama-bench t/s':>16} | {'ratio':>6} |"
+    click.echo(header)
+    click.echo("|" + "|".join("-" * (len(c) + 0) for c in header.split("|")[1:-1]) + "|")
+    for r in ours:
+        row = f"| {r.test:>8} | {r.mean:>9.2f} ± {r.stdev:>4.2f} |"
+        if r.test in theirs:
+            t = theirs[r.test]
+            row += f" {t.mean:>9.2f} ± {t.stdev:>4.2f} | {r.mean / t.mean:>6.3f} |"
+        click.echo(row)
+
+
+@main.command()
+def info() -> None:
+    """Available backends, the llama.cpp build and the wasm module cache."""
+    from .backend import load_plugin
+    from .wasm import WasmBackend
+    from .wasm.engine import compiled_module, module_cache_path, wasmtime_version
+
+    compiled = compiled_module()
+    click.echo(f"wasillama {__version__}, wasmtime {wasmtime_version()}")
+    click.echo(f"wasm: llama.wasm sha256 {compiled.module_sha256[:16]}…, compiled module cache "
+               f"{module_cache_path(compiled.module_sha256)}")
+    be = WasmBackend()
+    try:
+        click.echo(f"  {be.system_info().strip()}")
+    finally:
+        be.close()
+    plugins = installed_plugins()
+    if "native" not in plugins:
+        click.echo("native: not installed (pip install ./native_fallback)")
+    for name in plugins:
+        try:
+            nb = load_plugin(name).create()
+            click.echo(f"{name}: {nb.system_info().strip()}")
+            devices = getattr(nb, "devices", None)
+            if callable(devices):
+                for d in devices():
+                    click.echo(f"  device: {d}")
+        except WasillamaError as e:
+            click.echo(f"{name}: unavailable ({e})")
