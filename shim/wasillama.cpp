@@ -8,6 +8,7 @@
 #include "llama.h"
 
 #include <algorithm>
+#include <atomic>
 #include <cstdio>
 #include <cstring>
 #include <map>
@@ -58,13 +59,15 @@ struct Model {
 };
 
 struct Context {
-    int32_t       model_handle = 0;
+    std::shared_ptr<Model> owner;  // keeps the weights alive while the context exists
     llama_model * model = nullptr;
     llama_context * ctx = nullptr;
-    // Read by llama.cpp's abort callback between graph nodes; written by the host.
-    volatile int32_t abort_flag = 0;
+    // Read by llama.cpp's abort callback between graph nodes; written by the host, from any
+    // thread (natively) or straight into guest memory (wasm): a plain int32 in memory.
+    std::atomic<int32_t> abort_flag{0};
     ~Context() { if (ctx) llama_free(ctx); }
 };
+static_assert(sizeof(std::atomic<int32_t>) == sizeof(int32_t), "the host writes the abort flag as an int32");
 
 struct Sampler {
     llama_sampler * chain = nullptr;
@@ -175,6 +178,13 @@ void log_callback(enum ggml_log_level level, const char * text, void *) {
     host_log((int32_t) level, text, n);
 }
 
+// GGML_ASSERT failures end in abort(): a trap in wasm, the end of the process natively. Say
+// why first, so the host can report the assertion instead of a bare crash.
+void abort_callback(const char * message) {
+    const std::string text = std::string("ggml abort: ") + (message ? message : "") + "\n";
+    host_log(GGML_LOG_LEVEL_ERROR, text.c_str(), (int32_t) text.size());
+}
+
 llama_model_params to_llama(const wl_model_params * p, const float * tensor_split, int32_t n_split) {
     llama_model_params mp = llama_model_default_params();
     if (!p) return mp;
@@ -263,7 +273,7 @@ int32_t tok_flags_check(int32_t flags) {
 }
 
 bool abort_cb(void * data) {
-    return ((Context *) data)->abort_flag != 0;
+    return ((Context *) data)->abort_flag.load(std::memory_order_relaxed) != 0;
 }
 
 // Positions continue per sequence after the last one held in the KV cache.
@@ -276,7 +286,7 @@ int32_t decode_checked(Context & c, llama_batch & batch) {
     if (rc == 0) return 0;
     if (rc == 1) throw wl_error(WL_E_CTX_FULL, "the context is full: no KV cache slot for the batch");
     if (rc == 2) {
-        c.abort_flag = 0;
+        c.abort_flag.store(0);
         throw wl_error(WL_E_ABORTED, "decode aborted by the host");
     }
     throw wl_error(WL_E_DECODE, "llama_decode failed with status " + std::to_string(rc));
@@ -303,12 +313,12 @@ WL_EXPORT(wl_abi_version) int32_t wl_abi_version(void) { return WL_ABI_VERSION; 
 
 WL_EXPORT(wl_init) int32_t wl_init(void) {
     return guarded(0, [] {
-        static bool done = false;
-        if (!done) {
+        static std::once_flag once;
+        std::call_once(once, [] {
             llama_log_set(log_callback, nullptr);
+            ggml_set_abort_callback(abort_callback);
             llama_backend_init();
-            done = true;
-        }
+        });
         return 0;
     });
 }
@@ -340,7 +350,7 @@ WL_EXPORT(wl_set_host) int32_t wl_set_host(wl_host_read_fn read_fn, wl_host_log_
 WL_EXPORT(wl_model_load_host) int32_t wl_model_load_host(int32_t source, int64_t size, const wl_model_params * p,
                                                          const float * tensor_split, int32_t n_split) {
     return guarded(0, [&] {
-        require(size > 0, "model size must be positive");
+        if (size <= 0) throw wl_error(WL_E_LOAD, "failed to load model: the model is empty (0 bytes)");
         llama_model_params mp = to_llama(p, tensor_split, n_split);
         mp.load_mode = LLAMA_LOAD_MODE_NONE;  // a stream cannot be mapped
         mp.lazy_mode = LLAMA_LAZY_MODE_OFF;   // read every byte now; the stream closes below
@@ -384,8 +394,10 @@ WL_EXPORT(wl_model_info_get) int32_t wl_model_info_get(int32_t model, wl_model_i
         info.n_ctx_train = llama_model_n_ctx_train(m->model);
         info.n_embd      = llama_model_n_embd(m->model);
         info.n_layer     = llama_model_n_layer(m->model);
-        info.n_head      = llama_model_n_head(m->model);
-        info.n_head_kv   = llama_model_n_head_kv(m->model);
+        if (info.n_layer > 0) {  // a vocab-only model has no layers: n_head() aborts on it
+            info.n_head    = llama_model_n_head(m->model);
+            info.n_head_kv = llama_model_n_head_kv(m->model);
+        }
         info.n_vocab     = llama_vocab_n_tokens(v);
         info.vocab_type  = (int64_t) llama_vocab_type(v);
         info.token_bos   = llama_vocab_bos(v);
@@ -534,6 +546,7 @@ WL_EXPORT(wl_context_new) int32_t wl_context_new(int32_t model, const wl_context
         require(p != nullptr, "params is NULL");
         require(p->n_ctx >= 0 && p->n_batch >= 0 && p->n_ubatch >= 0, "sizes must not be negative");
         auto m = lookup(reg().models, model, "model");
+        require(llama_model_n_layer(m->model) > 0, "the model was loaded vocab-only: it cannot run a context");
         llama_context_params cp = llama_context_default_params();
         cp.n_ctx = (uint32_t) p->n_ctx;
         if (p->n_batch > 0)  cp.n_batch  = (uint32_t) p->n_batch;
@@ -559,7 +572,7 @@ WL_EXPORT(wl_context_new) int32_t wl_context_new(int32_t model, const wl_context
             if (!t_last_log_error.empty()) msg += ": " + t_last_log_error;
             throw wl_error(WL_E_NOMEM, msg);
         }
-        c->model_handle = model;
+        c->owner = m;
         c->model = m->model;
         return insert(reg().contexts, c);
     });
@@ -583,7 +596,7 @@ WL_EXPORT(wl_context_abort_flag) int32_t wl_context_abort_flag(int32_t ctx, int3
     return guarded(ctx, [&] {
         require(out_ptr != nullptr, "out_ptr is NULL");
         auto c = lookup(reg().contexts, ctx, "context");
-        *out_ptr = (int32_t *) &c->abort_flag;
+        *out_ptr = reinterpret_cast<int32_t *>(&c->abort_flag);
         return 0;
     });
 }
@@ -601,6 +614,11 @@ WL_EXPORT(wl_decode) int32_t wl_decode(int32_t ctx, const int32_t * tokens, int3
             require(!seq || (seq[i] >= 0 && seq[i] < n_seq), "sequence id out of range");
         }
         const int32_t n_batch = (int32_t) llama_n_batch(c->ctx);
+        // Each llama_decode call replaces the previous outputs: only the final chunk's survive.
+        const int32_t last_chunk = ((n - 1) / n_batch) * n_batch;
+        for (int32_t i = 0; logits && i < last_chunk; i++) {
+            require(logits[i] == 0, "outputs can only be requested for the last n_batch tokens of a decode");
+        }
         // Next position of each sequence (when the host gives none): tracked here because
         // the cache only learns about a chunk after it was decoded.
         std::vector<llama_pos> next((size_t) n_seq, -1);
@@ -634,10 +652,12 @@ WL_EXPORT(wl_decode) int32_t wl_decode(int32_t ctx, const int32_t * tokens, int3
 
 WL_EXPORT(wl_logits) int32_t wl_logits(int32_t ctx, int32_t idx, float * out, int32_t cap) {
     return guarded(ctx, [&] {
+        require(cap >= 0 && (out || cap == 0), "invalid output buffer");
+        require(idx < 0, "logits are addressed from the last output backwards: -1 is the last");
         auto c = lookup(reg().contexts, ctx, "context");
         const int32_t n_vocab = llama_vocab_n_tokens(llama_model_get_vocab(c->model));
         const float * l = llama_get_logits_ith(c->ctx, idx);
-        if (!l) throw wl_error(WL_E_ARG, "no logits for output " + std::to_string(idx));
+        if (!l) throw wl_error(WL_E_ARG, "no logits for output " + std::to_string(idx) + " of the last decode");
         if (out) memcpy(out, l, sizeof(float) * (size_t) std::min(cap, n_vocab));
         return n_vocab;
     });
@@ -653,6 +673,7 @@ WL_EXPORT(wl_memory_clear) int32_t wl_memory_clear(int32_t ctx) {
 WL_EXPORT(wl_memory_seq_rm) int32_t wl_memory_seq_rm(int32_t ctx, int32_t seq, int32_t p0, int32_t p1) {
     return guarded(ctx, [&] {
         auto c = lookup(reg().contexts, ctx, "context");
+        require(seq >= -1 && seq < (int32_t) llama_n_seq_max(c->ctx), "sequence id out of range");
         if (!llama_memory_seq_rm(llama_get_memory(c->ctx), seq, p0, p1)) {
             throw wl_error(WL_E_ARG, "this model's memory cannot remove a partial sequence");
         }
@@ -660,10 +681,11 @@ WL_EXPORT(wl_memory_seq_rm) int32_t wl_memory_seq_rm(int32_t ctx, int32_t seq, i
     });
 }
 
-WL_EXPORT(wl_memory_seq_pos_max) int32_t wl_memory_seq_pos_max(int32_t ctx, int32_t seq) {
+WL_EXPORT(wl_memory_seq_pos_next) int32_t wl_memory_seq_pos_next(int32_t ctx, int32_t seq) {
     return guarded(ctx, [&] {
         auto c = lookup(reg().contexts, ctx, "context");
-        return (int32_t) llama_memory_seq_pos_max(llama_get_memory(c->ctx), seq);
+        require(seq >= 0 && seq < (int32_t) llama_n_seq_max(c->ctx), "sequence id out of range");
+        return (int32_t) next_pos(c->ctx, seq);
     });
 }
 
@@ -746,7 +768,15 @@ WL_EXPORT(wl_generate) int32_t wl_generate(int32_t ctx, int32_t sampler, int32_t
             llama_seq_id * sids = &sid;
             int8_t out_flag = 1;
             llama_batch b = {1, &t, nullptr, &pp, &one, &sids, &out_flag};
-            decode_checked(*c, b);
+            try {
+                decode_checked(*c, b);
+            } catch (const wl_error & e) {
+                // The tokens so far are real (and all but the last are in the cache): return
+                // them, with the failure as a negative stop reason and the message on ctx.
+                set_error(ctx, e.what());
+                *stop_reason = e.code;
+                break;
+            }
         }
         return n;
     });

@@ -43,7 +43,9 @@ extern "C" {
 /* Why wl_generate stopped (written to *stop_reason). */
 #define WL_STOP_LENGTH   0     /* produced max_tokens */
 #define WL_STOP_EOG      1     /* the model produced an end-of-generation token (not returned) */
-#define WL_STOP_CTX_FULL 2     /* the context has no room for another token */
+#define WL_STOP_CTX_FULL 2     /* no room for another token: the last token returned is not in the cache */
+/* A negative stop reason is the WL_E_* status of a decode that failed (e.g. WL_E_ABORTED) after
+ * the returned tokens were sampled; the last of them is not in the cache. */
 
 /* Flags for wl_tokenize / wl_detokenize / wl_token_piece. */
 #define WL_TOK_ADD_SPECIAL   1 /* tokenize: add BOS/EOS as the model asks; detokenize: keep them */
@@ -163,18 +165,20 @@ int32_t wl_context_abort_flag(int32_t ctx, int32_t ** out_ptr);
 /* Decode n tokens, split into n_batch-sized llama_decode calls.
  * pos NULL: continue after the last position of each token's sequence.
  * seq NULL: every token goes to sequence 0.
- * logits NULL: outputs for the last token only; else one byte per token (0/1).
+ * logits NULL: outputs for the last token only; else one byte per token (0/1), only within the
+ * last n_batch tokens (each llama_decode replaces the previous outputs).
  * Returns the number of outputs. On failure tokens of the failing chunk are not in the cache. */
 int32_t wl_decode(int32_t ctx, const int32_t * tokens, int32_t n, const int32_t * pos,
                   const int32_t * seq, const int8_t * logits);
-/* Copies the logits of output `idx` (-1 = last) into out; returns n_vocab. */
+/* Copies the logits of an output of the last decode into out; returns n_vocab.
+ * idx counts back from the last output: -1 is the last, -2 the one before. */
 int32_t wl_logits(int32_t ctx, int32_t idx, float * out, int32_t cap);
 
-/* KV cache per sequence. p1 < 0 means "to the end". */
+/* KV cache per sequence (seq -1 = every sequence). p1 < 0 means "to the end". */
 int32_t wl_memory_clear(int32_t ctx);
 int32_t wl_memory_seq_rm(int32_t ctx, int32_t seq, int32_t p0, int32_t p1);
-/* Largest position held for seq, or -1 when it is empty. */
-int32_t wl_memory_seq_pos_max(int32_t ctx, int32_t seq);
+/* The position after the last one held for seq (0 when it is empty). */
+int32_t wl_memory_seq_pos_next(int32_t ctx, int32_t seq);
 
 /* ---- samplers ----------------------------------------------------------------------------- */
 int32_t wl_sampler_new(int32_t model, const wl_sampler_params * params);

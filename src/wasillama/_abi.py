@@ -150,4 +150,5 @@ class ModelInfo:
     @classmethod
     def unpack(cls, raw: bytes) -> ModelInfo:
         v = MODEL_INFO.unpack(raw)
-        return cls(*v[:13], bool(v[13]), bool(v[14]), bool(v[15]), bool(v[16]), v[17])
+        return cls(v[0], v[1], v[2], v[3], v[4], v[5], v[6], v[7], v[8], v[9], v[10], v[11], v[12],
+                   bool(v[13]), bool(v[14]), bool(v[15]), bool(v[16]), v[17])

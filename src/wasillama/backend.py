@@ -18,7 +18,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
-from typing import Protocol, Union
+from typing import Protocol
 
 import numpy as np
 import numpy.typing as npt
@@ -27,7 +27,7 @@ from ._abi import ContextParams, ModelInfo, ModelParams, SamplerParams
 from .errors import BackendUnavailableError, ModelNotFoundError
 
 TokenArray = npt.NDArray[np.int32]
-Buffer = Union[bytes, bytearray, memoryview, mmap.mmap]
+Buffer = bytes | bytearray | memoryview | mmap.mmap
 
 ENTRY_POINT_GROUP = "wasillama.backends"
 
@@ -91,6 +91,7 @@ class Backend(Protocol):
     def free_context(self, ctx: int) -> None: ...
     def context_info(self, ctx: int) -> tuple[int, int, int, int]: ...
     def abort(self, ctx: int) -> None: ...
+    def last_error(self, handle: int) -> str: ...
     def decode(self, ctx: int, tokens: TokenArray, pos: TokenArray | None = None,
                seq: TokenArray | None = None, logits: npt.NDArray[np.int8] | None = None) -> int: ...
     def logits(self, ctx: int, idx: int = -1) -> npt.NDArray[np.float32]: ...

@@ -96,7 +96,8 @@ def run(prompt: str, raw: bool, system: str | None, timings: bool, model_path: s
         if raw or model.chat_template is None:
             stream = ctx.stream(prompt, **sampling)
         else:
-            messages = ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": prompt}]
+            messages = [{"role": "system", "content": system}] if system else []
+            messages.append({"role": "user", "content": prompt})
             stream = ctx.chat_stream(messages, **sampling)
         for piece in stream:
             click.echo(piece, nl=False)

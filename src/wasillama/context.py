@@ -11,6 +11,7 @@ with the same tokens (a chat that grows turn by turn) only evaluates what is new
 
 from __future__ import annotations
 
+import contextlib
 import os
 import threading
 import time
@@ -21,7 +22,7 @@ import numpy as np
 
 from . import _abi
 from ._abi import ContextParams, SamplerParams
-from .errors import ClosedError, ConcurrentUseError, ContextFullError
+from .errors import ClosedError, ConcurrentUseError, ContextFullError, WasillamaError
 from .results import FinishReason, GenerationResult, Timings
 from .text import TextAssembler
 
@@ -64,9 +65,13 @@ class Context:
         if self._closed:
             return
         self._closed = True
-        if not self._model.closed:
-            self._backend.free_context(self._handle)
-        self._model._forget(self)
+        try:
+            if not self._model.closed:
+                self._backend.free_context(self._handle)
+        except WasillamaError:  # a poisoned sandbox cannot free; the model drops it whole
+            pass
+        finally:
+            self._model._forget(self)
 
     def __enter__(self) -> Context:
         return self
@@ -75,10 +80,8 @@ class Context:
         self.close()
 
     def __del__(self) -> None:  # a safety net only; close() is the contract
-        try:
+        with contextlib.suppress(Exception):
             self.close()
-        except Exception:
-            pass
 
     def _acquire(self) -> None:
         if self._closed or self._model.closed:
@@ -183,7 +186,7 @@ class Context:
                 f"the prompt has {len(tokens)} tokens but the context holds {self.n_ctx}; "
                 "shorten it or create the context with a larger n_ctx")
         common = 0
-        for a, b in zip(self._cached, tokens):
+        for a, b in zip(self._cached, tokens, strict=False):
             if a != b:
                 break
             common += 1
@@ -222,7 +225,10 @@ class Context:
                 new, why = self._backend.generate(self._handle, sampler, 0, min(chunk, max_tokens - len(out)))
                 new_list = new.tolist()
                 out.extend(new_list)
-                self._cached.extend(new_list if why != _abi.STOP_CTX_FULL else new_list[:-1])
+                # On a full context or a failed decode the last token never reached the cache.
+                self._cached.extend(new_list if why in (_abi.STOP_LENGTH, _abi.STOP_EOG) else new_list[:-1])
+                if why < 0:  # the decode of a sampled token failed (e.g. aborted)
+                    raise _abi.error_for(why, self._backend.last_error(self._handle))
                 for tok in new_list:
                     piece = text.push(self._model.token_piece(tok))
                     if piece:
@@ -244,9 +250,11 @@ class Context:
                 finish_reason=finish, stop_sequence=text.stopped,
                 timings=Timings(len(tokens) - reused, t1 - t0, len(out), t2 - t1))
         finally:
-            if sampler:
-                self._backend.free_sampler(sampler)
-            self._busy.release()
+            try:
+                if sampler:
+                    self._backend.free_sampler(sampler)
+            finally:
+                self._busy.release()
 
 
 class TextStream(Iterator[str]):

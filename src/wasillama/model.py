@@ -7,6 +7,7 @@ calls into one model's sandbox are serialised; on the native backend they run in
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import threading
@@ -18,7 +19,7 @@ from typing import Literal
 from ._abi import ContextParams, ModelInfo, ModelParams
 from .backend import Backend, Buffer, ModelSource, installed_plugins, load_plugin
 from .context import Context
-from .errors import ClosedError, UnsupportedOptionError, WasillamaError
+from .errors import ClosedError, ModelLoadError, UnsupportedOptionError, WasillamaError
 from .wasm import WasmBackend
 from .wasm.backend import WASM32_MODEL_LIMIT
 
@@ -65,6 +66,8 @@ class Model:
         wasm32 or GPU layers were asked for (still subject to trust_model).
         """
         src = ModelSource.of(source)
+        if src.size == 0:
+            raise ModelLoadError(f"{src.describe()} is empty (0 bytes): not a GGUF model file")
         name = _choose_backend(backend, src, gpu_layers)
         log.info("loading %s with the %s backend", src.describe(), name)
         params = ModelParams(n_gpu_layers=gpu_layers, main_gpu=main_gpu, use_mmap=mmap, use_mlock=mlock,
@@ -123,10 +126,8 @@ class Model:
         self.close()
 
     def __del__(self) -> None:  # a safety net only
-        try:
+        with contextlib.suppress(Exception):
             self.close()
-        except Exception:
-            pass
 
     def __repr__(self) -> str:
         state = "closed" if self._closed else f"{self.architecture}, {self.n_params / 1e6:.0f}M params"
@@ -218,7 +219,10 @@ class Model:
         for m in messages:
             if "role" not in m or "content" not in m:
                 raise ValueError("each message needs 'role' and 'content'")
-            pairs.append((str(m["role"]), str(m["content"])))
+            role, content = str(m["role"]), str(m["content"])
+            if "\0" in role or "\0" in content:  # the ABI packs messages as NUL-terminated strings
+                raise ValueError("chat messages must not contain NUL characters")
+            pairs.append((role, content))
         return self._backend.chat_apply(self._require_handle(), template, pairs, add_generation_prompt)
 
     # ---- contexts ----------------------------------------------------------------------------

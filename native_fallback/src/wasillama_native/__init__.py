@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 import threading
-from functools import lru_cache
+from functools import cache
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -20,7 +20,7 @@ if TYPE_CHECKING:
 __all__ = ["NativeBackend", "build_info", "library_path", "plugin"]
 
 
-@lru_cache(maxsize=None)
+@cache
 def build_info() -> dict[str, Any]:
     """How the library was built: llama.cpp commit, ABI version, cuda/metal/vulkan, CPU flags."""
     path = Path(__file__).resolve().parent / "build_info.json"

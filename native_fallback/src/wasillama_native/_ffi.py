@@ -8,6 +8,7 @@ the life of the process, because the library keeps pointers to them.
 from __future__ import annotations
 
 import atexit
+import contextlib
 import ctypes
 import logging
 import os
@@ -16,6 +17,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
+
 from wasillama import _abi
 from wasillama.errors import BackendUnavailableError
 
@@ -60,7 +62,7 @@ _SIGNATURES: dict[str, tuple[object, list[object]]] = {
     "wl_logits": (i32, [i32, i32, ptr, i32]),
     "wl_memory_clear": (i32, [i32]),
     "wl_memory_seq_rm": (i32, [i32, i32, i32, i32]),
-    "wl_memory_seq_pos_max": (i32, [i32, i32]),
+    "wl_memory_seq_pos_next": (i32, [i32, i32]),
     "wl_sampler_new": (i32, [i32, ptr]),
     "wl_sampler_free": (i32, [i32]),
     "wl_sampler_reset": (i32, [i32]),
@@ -162,7 +164,7 @@ def _host_log(level: int, text: int | None, n: int) -> None:
         *lines, state.pending = data.split("\n")
         for line in lines:
             _emit(lvl, line)
-    except BaseException:  # noqa: BLE001 - an exception here would only be printed by ctypes
+    except BaseException:
         pass
 
 
@@ -171,7 +173,7 @@ def _host_read(source: int, offset: int, dst: int | None, n: int) -> int:
         if not dst:
             return -1
         return SOURCES.read(source, offset, dst, n)
-    except BaseException:  # noqa: BLE001
+    except BaseException:
         return -1
 
 
@@ -189,10 +191,8 @@ _host_lib: ctypes.CDLL | None = None
 def _unregister_at_exit() -> None:
     # Python objects behind the callbacks go away at shutdown; llama.cpp may still log then.
     if _host_lib is not None:
-        try:
+        with contextlib.suppress(Exception):
             _host_lib.wl_set_host(None, None)
-        except Exception:  # noqa: BLE001
-            pass
 
 
 def load(path: str | os.PathLike[str] | None = None) -> ctypes.CDLL:

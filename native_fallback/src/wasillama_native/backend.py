@@ -16,10 +16,11 @@ import ctypes
 import os
 import threading
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, replace
 
 import numpy as np
 import numpy.typing as npt
+
 from wasillama import _abi
 from wasillama._abi import ContextParams, ModelInfo, ModelParams, SamplerParams
 from wasillama.backend import ModelSource, TokenArray
@@ -29,17 +30,8 @@ from . import _ffi
 
 
 @dataclass
-class _ModelRecord:
-    n_vocab: int
-    contexts: set[int] = field(default_factory=set)
-    free_pending: bool = False  # free_model was called while contexts still used the weights
-
-
-@dataclass
 class _ContextRecord:
-    model: int
     n_vocab: int
-    n_seq_max: int
     abort_flag: int  # address of the shim's int32 abort flag
 
 
@@ -62,7 +54,7 @@ class NativeBackend:
     def __init__(self, library: str | os.PathLike[str] | None = None) -> None:
         self._lib = _ffi.load(library)
         self._lock = threading.Lock()
-        self._models: dict[int, _ModelRecord] = {}
+        self._models: dict[int, int] = {}  # handle -> n_vocab
         self._contexts: dict[int, _ContextRecord] = {}
         self._samplers: set[int] = set()
 
@@ -102,6 +94,9 @@ class NativeBackend:
         for h in models:
             self._lib.wl_model_free(h)
 
+    def last_error(self, handle: int) -> str:
+        return _ffi.last_error(self._lib, handle)
+
     def system_info(self) -> str:
         return self._string(0, self._lib.wl_system_info, 1024).decode("utf-8", "replace")
 
@@ -110,35 +105,38 @@ class NativeBackend:
     def load_model(self, source: ModelSource, params: ModelParams,
                    tensor_split: Sequence[float] = ()) -> int:
         packed = params.pack()
-        split = np.ascontiguousarray(tensor_split, dtype=np.float32)
+        try:
+            split = np.ascontiguousarray(tensor_split, dtype=np.float32).reshape(-1)
+        except (TypeError, ValueError) as e:
+            raise _abi.error_for(_abi.E_ARG, f"tensor_split must be a sequence of floats: {e}") from e
         split_ptr = split.ctypes.data if split.size else None
         if source.path is not None:
             h = self._lib.wl_model_load_path(os.fsencode(source.path), packed, split_ptr, split.size)
         else:
-            if source.buffer is None or len(source.buffer) == 0:
-                raise ModelLoadError(f"cannot load a model from {source.describe()}: no bytes")
+            if source.buffer is None:
+                raise ModelLoadError("the model source has neither a path nor a buffer")
+            # The shim reads the bytes through _ffi's host_read callback during this call
+            # only (it copies every tensor), so the buffer need not outlive it.
             src, size = _ffi.SOURCES.add(source.buffer)
             try:
+                if size == 0:
+                    raise ModelLoadError(f"cannot load a model from {source.describe()}: no bytes")
                 h = self._lib.wl_model_load_host(src, size, packed, split_ptr, split.size)
             finally:
                 _ffi.SOURCES.remove(src)
-        self._check(h, 0)
+        h = self._check(h, 0)
         try:
             n_vocab = self.model_info(h).n_vocab
         except BaseException:
             self._lib.wl_model_free(h)
             raise
         with self._lock:
-            self._models[h] = _ModelRecord(n_vocab=n_vocab)
+            self._models[h] = n_vocab
         return h
 
     def free_model(self, model: int) -> None:
+        # The shim keeps the weights alive until the model's last context is freed.
         with self._lock:
-            rec = self._models.get(model)
-            if rec is not None and rec.contexts:
-                # Contexts still point at these weights: free them with the last context.
-                rec.free_pending = True
-                return
             self._models.pop(model, None)
         self._check(self._lib.wl_model_free(model), model)
 
@@ -202,14 +200,7 @@ class NativeBackend:
 
     def chat_apply(self, model: int, template: str | None, messages: Sequence[tuple[str, str]],
                    add_assistant: bool) -> str:
-        parts: list[bytes] = []
-        for role, content in messages:
-            for s in (role, content):
-                b = s.encode("utf-8")
-                if b"\0" in b:
-                    raise _abi.error_for(_abi.E_ARG, "chat messages must not contain NUL characters")
-                parts += (b, b"\0")
-        packed = b"".join(parts)
+        packed = b"".join(r.encode() + b"\0" + c.encode() + b"\0" for r, c in messages)
         tmpl = template.encode("utf-8") if template is not None else None
         out = self._string(
             model,
@@ -221,39 +212,29 @@ class NativeBackend:
     # ---- contexts -------------------------------------------------------------------------
 
     def new_context(self, model: int, params: ContextParams) -> int:
+        if params.n_threads <= 0 or params.n_threads_batch <= 0:  # 0 = every core, not llama.cpp's 4
+            cores = os.cpu_count() or 1
+            params = replace(params, n_threads=params.n_threads or cores,
+                             n_threads_batch=params.n_threads_batch or cores)
         ctx = self._check(self._lib.wl_context_new(model, params.pack()), model)
         try:
             flag = ctypes.c_void_p()
             self._check(self._lib.wl_context_abort_flag(ctx, ctypes.byref(flag)), ctx)
-            info = self.context_info(ctx)
             with self._lock:
-                rec = self._models.get(model)
-            n_vocab = rec.n_vocab if rec is not None else self.model_info(model).n_vocab
+                n_vocab = self._models.get(model)
+            if n_vocab is None:
+                n_vocab = self.model_info(model).n_vocab
         except BaseException:
             self._lib.wl_context_free(ctx)
             raise
         with self._lock:
-            self._contexts[ctx] = _ContextRecord(model, n_vocab, info[3], flag.value or 0)
-            rec = self._models.get(model)
-            if rec is not None:
-                rec.contexts.add(ctx)
+            self._contexts[ctx] = _ContextRecord(n_vocab, flag.value or 0)
         return ctx
 
     def free_context(self, ctx: int) -> None:
-        free_model = 0
         with self._lock:
-            rec = self._contexts.pop(ctx, None)  # abort() can no longer touch its flag
-            if rec is not None:
-                mrec = self._models.get(rec.model)
-                if mrec is not None:
-                    mrec.contexts.discard(ctx)
-                    if mrec.free_pending and not mrec.contexts:
-                        del self._models[rec.model]
-                        free_model = rec.model
-        status = self._lib.wl_context_free(ctx)
-        if free_model:
-            self._lib.wl_model_free(free_model)
-        self._check(status, ctx)
+            self._contexts.pop(ctx, None)  # abort() can no longer touch its flag
+        self._check(self._lib.wl_context_free(ctx), ctx)
 
     def context_info(self, ctx: int) -> tuple[int, int, int, int]:
         out = np.zeros(4, dtype=np.int32)
@@ -301,24 +282,11 @@ class NativeBackend:
     def memory_clear(self, ctx: int) -> None:
         self._check(self._lib.wl_memory_clear(ctx), ctx)
 
-    def _check_seq(self, ctx: int, seq: int, allow_all: bool) -> None:
-        # llama.cpp asserts (aborts the process) on a sequence id out of range.
-        rec = self._contexts.get(ctx)
-        if rec is not None and not ((allow_all and seq == -1) or 0 <= seq < rec.n_seq_max):
-            raise _abi.error_for(_abi.E_ARG, f"sequence id {seq} out of range (n_seq_max={rec.n_seq_max})")
-
     def memory_seq_rm(self, ctx: int, seq: int, p0: int, p1: int) -> None:
-        self._check_seq(ctx, seq, allow_all=True)
         self._check(self._lib.wl_memory_seq_rm(ctx, int(seq), int(p0), int(p1)), ctx)
 
     def memory_seq_pos_max(self, ctx: int, seq: int) -> int:
-        self._check_seq(ctx, seq, allow_all=False)
-        value = self._lib.wl_memory_seq_pos_max(ctx, int(seq))
-        if value == -1:
-            # -1 means "empty sequence" but is also WL_E_HANDLE: tell them apart.
-            self.context_info(ctx)  # raises ClosedError for an unknown context
-            return -1
-        return self._check(value, ctx)
+        return self._check(self._lib.wl_memory_seq_pos_next(ctx, int(seq)), ctx) - 1
 
     # ---- samplers -------------------------------------------------------------------------
 

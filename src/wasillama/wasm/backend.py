@@ -18,7 +18,7 @@ import numpy.typing as npt
 from .. import _abi
 from .._abi import ContextParams, ModelInfo, ModelParams, SamplerParams
 from ..backend import ModelSource, TokenArray
-from ..errors import BackendError, ModelTooLargeError, UnsupportedOptionError
+from ..errors import BackendError, ModelLoadError, ModelTooLargeError, UnsupportedOptionError
 from .guest import Guest
 
 T = TypeVar("T")
@@ -72,6 +72,9 @@ class WasmBackend:
 
         return self._locked(run)
 
+    def last_error(self, handle: int) -> str:
+        return self._locked(lambda g: g.last_error(handle))
+
     def system_info(self) -> str:
         return self._string_call("wl_system_info", 0).decode()
 
@@ -79,7 +82,8 @@ class WasmBackend:
 
     def load_model(self, source: ModelSource, params: ModelParams, tensor_split: Sequence[float] = ()) -> int:
         if params.n_gpu_layers != 0 or params.main_gpu != 0 or tensor_split:
-            raise UnsupportedOptionError("the wasm backend runs on the CPU: gpu_layers, main_gpu and tensor_split need backend='native'")
+            raise UnsupportedOptionError(
+                "the wasm backend runs on the CPU: gpu_layers, main_gpu and tensor_split need backend='native'")
         if params.use_mlock:
             raise UnsupportedOptionError("the wasm backend cannot mlock: its weights live in the sandbox's memory")
         size = source.size
@@ -100,6 +104,11 @@ class WasmBackend:
                 with g.scratch(_abi.MODEL_PARAMS.size) as p:
                     g.write(p, params.pack())
                     return g.check("wl_model_load_host", 0, sid, size, p, 0, 0)
+            except BackendError as e:
+                if g.poisoned is None:
+                    raise
+                raise ModelLoadError(f"llama.cpp aborted while loading {source.describe()}: the file is "
+                                     f"corrupt or hostile ({e})") from e
             finally:
                 g.remove_source(sid)
                 if isinstance(mm, mmap.mmap):
@@ -169,7 +178,8 @@ class WasmBackend:
 
         return self._locked(run)
 
-    def detokenize(self, model: int, tokens: Sequence[int] | TokenArray, keep_special: bool, render_special: bool) -> bytes:
+    def detokenize(self, model: int, tokens: Sequence[int] | TokenArray, keep_special: bool,
+                   render_special: bool) -> bytes:
         arr = np.ascontiguousarray(tokens, dtype=np.int32)
         flags = (_abi.TOK_ADD_SPECIAL if keep_special else 0) | (_abi.TOK_PARSE_SPECIAL if render_special else 0)
 
@@ -192,7 +202,8 @@ class WasmBackend:
         flags = _abi.TOK_PARSE_SPECIAL if render_special else 0
         return self._string_call("wl_token_piece", model, model, token, flags, cap=64)
 
-    def chat_apply(self, model: int, template: str | None, messages: Sequence[tuple[str, str]], add_assistant: bool) -> str:
+    def chat_apply(self, model: int, template: str | None, messages: Sequence[tuple[str, str]],
+                   add_assistant: bool) -> str:
         packed = b"".join(r.encode() + b"\0" + c.encode() + b"\0" for r, c in messages)
 
         def run(g: Guest) -> str:
@@ -217,7 +228,8 @@ class WasmBackend:
 
     def new_context(self, model: int, params: ContextParams) -> int:
         if params.n_threads > 1 or params.n_threads_batch > 1:
-            raise UnsupportedOptionError("the wasm guest is single-threaded: n_threads must be 1 (or 0 for the default)")
+            raise UnsupportedOptionError(
+                "the wasm guest is single-threaded: n_threads must be 1 (or 0 for the default)")
         if params.flash_attn == 1:
             raise UnsupportedOptionError("flash_attn is only available with backend='native'")
 
@@ -287,7 +299,7 @@ class WasmBackend:
         self._locked(lambda g: g.check("wl_memory_seq_rm", ctx, ctx, seq, p0, p1))
 
     def memory_seq_pos_max(self, ctx: int, seq: int) -> int:
-        return self._locked(lambda g: int(g.call("wl_memory_seq_pos_max", ctx, seq)))
+        return self._locked(lambda g: g.check("wl_memory_seq_pos_next", ctx, ctx, seq)) - 1
 
     # ---- samplers ----------------------------------------------------------------------------
 

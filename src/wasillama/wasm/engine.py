@@ -79,7 +79,8 @@ def _store_cached(module: wasmtime.Module, path: Path) -> None:
     try:
         data = module.serialize()
         path.parent.mkdir(parents=True, exist_ok=True)
-        for target, payload in ((path, bytes(data)), (path.with_suffix(".sha256"), hashlib.sha256(data).hexdigest().encode())):
+        digest = hashlib.sha256(data).hexdigest().encode()
+        for target, payload in ((path, bytes(data)), (path.with_suffix(".sha256"), digest)):
             fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-")
             with os.fdopen(fd, "wb") as f:
                 f.write(payload)

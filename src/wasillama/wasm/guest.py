@@ -41,6 +41,7 @@ class Guest:
         self._next_source = 1
         self._log_level = logging.INFO
         self._log_line = ""
+        self.last_log_error = ""  # the last error line llama.cpp logged (explains a trap)
         self.poisoned: str | None = None
 
         linker = wasmtime.Linker(compiled.engine)
@@ -63,9 +64,9 @@ class Guest:
     def func(self, name: str) -> wasmtime.Func:
         f = self._funcs.get(name)
         if f is None:
-            f = self._exports[name]
-            assert isinstance(f, wasmtime.Func)
-            self._funcs[name] = f
+            export = self._exports[name]
+            assert isinstance(export, wasmtime.Func)
+            f = self._funcs[name] = export
         return f
 
     def call(self, name: str, *args: int | float) -> Any:
@@ -75,7 +76,8 @@ class Guest:
         try:
             return self.func(name)(self.store, *args)
         except wasmtime.Trap as e:
-            self.poisoned = f"guest trapped in {name}: {e.message}"
+            why = f" after: {self.last_log_error}" if self.last_log_error else ""
+            self.poisoned = f"guest trapped in {name}{why} ({e.message.splitlines()[0]})"
             raise BackendError(self.poisoned) from e
         except wasmtime.WasmtimeError as e:
             self.poisoned = f"guest failed in {name}: {e}"
@@ -115,7 +117,7 @@ class Guest:
         return self.memory.get_buffer_ptr(self.store, n, ptr)
 
     def write(self, ptr: int, data: bytes | bytearray | memoryview | npt.NDArray[Any]) -> None:
-        src = np.frombuffer(data, dtype=np.uint8) if not isinstance(data, np.ndarray) else data.view(np.uint8).reshape(-1)
+        src = data.view(np.uint8).reshape(-1) if isinstance(data, np.ndarray) else np.frombuffer(data, dtype=np.uint8)
         if src.size:
             ctypes.memmove(self._view(ptr, src.size), src.ctypes.data, src.size)
 
@@ -167,6 +169,8 @@ class Guest:
             self._log_level = _LOG_LEVELS.get(level, logging.INFO)
         self._log_line += text
         if self._log_line.endswith("\n"):
+            if self._log_level >= logging.ERROR:
+                self.last_log_error = self._log_line.strip()
             if llama_log.isEnabledFor(self._log_level):
                 llama_log.log(self._log_level, "%s", self._log_line.rstrip())
             self._log_line = ""
