@@ -5,6 +5,7 @@
 // the ABI.
 #include "wasillama.h"
 
+#include "ggml-backend.h"
 #include "llama.h"
 
 #include <algorithm>
@@ -335,6 +336,22 @@ WL_EXPORT(wl_last_error) int32_t wl_last_error(int32_t handle, char * buf, int32
 
 WL_EXPORT(wl_system_info) int32_t wl_system_info(char * buf, int32_t cap) {
     return guarded(0, [&] { return copy_out(llama_print_system_info(), buf, cap); });
+}
+
+WL_EXPORT(wl_devices) int32_t wl_devices(char * buf, int32_t cap) {
+    return guarded(0, [&] {
+        std::string out;
+        for (size_t i = 0; i < ggml_backend_dev_count(); i++) {
+            ggml_backend_dev_t dev = ggml_backend_dev_get(i);
+            size_t free = 0, total = 0;
+            ggml_backend_dev_memory(dev, &free, &total);
+            const enum ggml_backend_dev_type t = ggml_backend_dev_type(dev);
+            const char * type = t == GGML_BACKEND_DEVICE_TYPE_CPU ? "cpu" : (t == GGML_BACKEND_DEVICE_TYPE_GPU || t == GGML_BACKEND_DEVICE_TYPE_IGPU) ? "gpu" : "other";
+            out += std::string(ggml_backend_dev_name(dev)) + "\t" + ggml_backend_dev_description(dev) + "\t" + type +
+                   "\t" + std::to_string(free) + "\t" + std::to_string(total) + "\n";
+        }
+        return copy_out(out, buf, cap);
+    });
 }
 
 #ifndef __wasm__

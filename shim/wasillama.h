@@ -121,6 +121,8 @@ int32_t wl_init(void);
 int32_t wl_last_error(int32_t handle, char * buf, int32_t cap);
 /* Copies the llama.cpp build description (version, commit, system info) into buf. */
 int32_t wl_system_info(char * buf, int32_t cap);
+/* One line per compute device ggml sees: "name\tdescription\ttype\tfree_bytes\ttotal_bytes\n". */
+int32_t wl_devices(char * buf, int32_t cap);
 
 /* ---- models ----------------------------------------------------------------------------- */
 /* Load a GGUF whose bytes the host serves through wl_host_read(source, ...). */

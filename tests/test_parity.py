@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +18,7 @@ import numpy as np
 import pytest
 
 from helpers import native_available
-from parity_cases import CASES, materialize
+from parity_cases import CASES, NEAR_TIE_LOGITS, NEAR_TIE_PROMPTS, materialize
 from wasillama import Model
 
 REFERENCE = json.loads((Path(__file__).parent / "data" / "native_reference.json").read_text())["cases"]
@@ -54,15 +55,52 @@ def test_native_still_matches_reference(case: dict[str, Any], parity_cache: Path
 
 
 @pytest.mark.skipif(not native_available(), reason="the wasillama-native plugin is not installed")
-@pytest.mark.parametrize("case", CASES[1:], ids=[c["id"] for c in CASES[1:]])
-def test_first_logits_close_to_native(case: dict[str, Any], parity_cache: Path) -> None:
-    """Beyond equal argmax: the whole logit vector agrees within float noise."""
-    path = materialize(case, parity_cache)
-    logits = {}
+def test_smollm2_greedy_parts_only_at_near_ties(smollm2_path: Path) -> None:
+    """On many prompts, 64 greedy tokens: equal until a step where native's logits for the two
+    candidate tokens are nearly tied, so float noise (not a kernel bug) picked the branch."""
+    outputs: dict[str, list[list[int]]] = {}
     for backend in ("wasm", "native"):
-        with Model.load(path, backend=backend, trust_model=True) as model, model.new_context(n_ctx=256) as ctx:  # type: ignore[arg-type]
-            ctx.eval(model.tokenize(case["prompt"]))
-            logits[backend] = ctx.logits()
-    w, n = logits["wasm"], logits["native"]
-    rel_rms = float(np.sqrt(np.mean((w - n) ** 2)) / np.sqrt(np.mean(n**2)))
-    assert rel_rms < 1e-3, f"relative RMS difference {rel_rms:.2e}"
+        with Model.load(smollm2_path, backend=backend, trust_model=True) as model, \
+                model.new_context(n_ctx=512) as ctx:  # type: ignore[arg-type]
+            outputs[backend] = [ctx.chat([{"role": "user", "content": p}], max_tokens=64, temperature=0).tokens
+                                for p in NEAR_TIE_PROMPTS]
+    identical = 0
+    with Model.load(smollm2_path, backend="native", trust_model=True) as model, model.new_context(n_ctx=512) as ctx:
+        for prompt, w, n in zip(NEAR_TIE_PROMPTS, outputs["wasm"], outputs["native"], strict=True):
+            k = next((i for i, (a, b) in enumerate(zip(w, n, strict=False)) if a != b), None)
+            if k is None:
+                assert len(w) == len(n)
+                identical += 1
+                continue
+            chat = model.apply_chat_template([{"role": "user", "content": prompt}])
+            ctx.eval(model.tokenize(chat, parse_special=True) + n[:k])
+            logits = ctx.logits()
+            gap = float(logits[n[k]] - logits[w[k]])
+            assert 0 <= gap < NEAR_TIE_LOGITS, f"{prompt!r}: token {k} differs with a logit gap of {gap:.3f}"
+    assert identical >= 1
+
+
+def _logits(path: Path, backend: str, tokens: list[int]) -> np.ndarray:
+    with Model.load(path, backend=backend, trust_model=True) as model, model.new_context(n_ctx=256) as ctx:  # type: ignore[arg-type]
+        ctx.eval(tokens)
+        return ctx.logits()
+
+
+def _rel_rms(a: np.ndarray, b: np.ndarray) -> float:
+    return float(np.sqrt(np.mean((a - b) ** 2)) / np.sqrt(np.mean(b**2)))
+
+
+@pytest.mark.skipif(not native_available(), reason="the wasillama-native plugin is not installed")
+@pytest.mark.parametrize("qtype", ["f32", "f16", "q8_0"])
+def test_logits_match_native_within_float_noise(qtype: str, synthetic_models: Callable[..., Path]) -> None:
+    """Each layer rounds its activations to F16 or Q8_0. A rounding bug in those kernels (the
+    wasm Q8 truncation fixed by wasm/patches/0002, the Q8 scale of 0004) shows as a 1e-2
+    relative error here. Float noise (wasm SIMD128 has no FMA and sums in 4 lanes where AVX2
+    uses 8) stays below 1e-4 in one layer; over several layers it can flip an F16 or Q8 step and
+    grow to ~1e-2 (see docs/parity.md), so deep models are checked by greedy tokens instead."""
+    one_layer = synthetic_models(seed=3, n_layer=1, n_embd=256, n_ff=512, qtype=qtype)
+    for prompt in ([1], list(range(1, 24))):
+        assert _rel_rms(_logits(one_layer, "wasm", prompt), _logits(one_layer, "native", prompt)) < 5e-4
+    if qtype == "q8_0":  # Q8 activations are exact on both sides: no flips through four layers
+        deep = synthetic_models(seed=3, n_layer=4, n_embd=256, n_ff=512, qtype=qtype)
+        assert _rel_rms(_logits(deep, "wasm", [1]), _logits(deep, "native", [1])) < 1e-3

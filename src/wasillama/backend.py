@@ -59,6 +59,26 @@ class ModelSource:
         return str(self.path) if self.path is not None else f"<{self.size} bytes in memory>"
 
 
+@dataclass(frozen=True)
+class Device:
+    """A compute device llama.cpp can use in this backend."""
+
+    name: str
+    description: str
+    kind: str  # "cpu", "gpu" or "other"
+    free_bytes: int
+    total_bytes: int
+
+    @classmethod
+    def parse_all(cls, text: str) -> list[Device]:
+        """Parse wl_devices' output: one tab-separated line per device."""
+        out = []
+        for line in text.splitlines():
+            name, desc, kind, free, total = line.split("\t")
+            out.append(cls(name, desc, kind, int(free), int(total)))
+        return out
+
+
 class Backend(Protocol):
     """What Model and Context need from a backend. Every method raises WasillamaError subclasses."""
 
@@ -68,6 +88,8 @@ class Backend(Protocol):
     def close(self) -> None: ...
 
     def system_info(self) -> str: ...
+
+    def devices(self) -> list[Device]: ...
 
     # models
     def load_model(self, source: ModelSource, params: ModelParams,

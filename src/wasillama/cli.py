@@ -12,7 +12,7 @@ from typing import Any
 import click
 
 from . import __version__
-from .backend import installed_plugins
+from .backend import Backend, installed_plugins
 from .errors import WasillamaError
 from .model import Model
 
@@ -203,6 +203,12 @@ def info() -> None:
         click.echo(f"  {be.system_info().strip()}")
     finally:
         be.close()
+
+    def show_devices(backend: Backend) -> None:
+        for d in backend.devices():
+            mem = f", {d.free_bytes / 2**30:.1f} of {d.total_bytes / 2**30:.1f} GiB free" if d.total_bytes else ""
+            click.echo(f"  device {d.name} ({d.kind}): {d.description}{mem}")
+
     plugins = installed_plugins()
     if "native" not in plugins:
         click.echo("native: not installed (pip install ./native_fallback)")
@@ -210,9 +216,6 @@ def info() -> None:
         try:
             nb = load_plugin(name).create()
             click.echo(f"{name}: {nb.system_info().strip()}")
-            devices = getattr(nb, "devices", None)
-            if callable(devices):
-                for d in devices():
-                    click.echo(f"  device: {d}")
+            show_devices(nb)
         except WasillamaError as e:
             click.echo(f"{name}: unavailable ({e})")

@@ -10,6 +10,7 @@ from __future__ import annotations
 import atexit
 import contextlib
 import ctypes
+import json
 import logging
 import os
 import threading
@@ -38,6 +39,7 @@ _SIGNATURES: dict[str, tuple[object, list[object]]] = {
     "wl_init": (i32, []),
     "wl_last_error": (i32, [i32, ptr, i32]),
     "wl_system_info": (i32, [ptr, i32]),
+    "wl_devices": (i32, [ptr, i32]),
     "wl_set_host": (i32, [READ_FN, LOG_FN]),
     "wl_model_load_host": (i32, [i32, i64, ptr, ptr, i32]),
     "wl_model_load_path": (i32, [cstr, ptr, ptr, i32]),
@@ -195,6 +197,17 @@ def _unregister_at_exit() -> None:
             _host_lib.wl_set_host(None, None)
 
 
+def _match_wasm_kernels(build_info: Path) -> None:
+    """A build with the wasm-identical CPU kernels (the default) also turns off ggml's x86 tiled
+    K-quant matmul, which only a run-time switch controls; the user's own setting wins."""
+    try:
+        kernels = json.loads(build_info.read_text(encoding="utf-8")).get("cpu_kernels")
+    except (OSError, ValueError):
+        return
+    if kernels == "wasm-identical":
+        os.environ.setdefault("GGML_CPU_TILED_MM", "0")
+
+
 def load(path: str | os.PathLike[str] | None = None) -> ctypes.CDLL:
     """Loads and initialises the shim library (once per path); raises BackendUnavailableError."""
     global _host_lib
@@ -203,6 +216,7 @@ def load(path: str | os.PathLike[str] | None = None) -> ctypes.CDLL:
         lib = _loaded.get(lib_path)
         if lib is not None:
             return lib
+        _match_wasm_kernels(Path(lib_path).with_name("build_info.json"))
         try:
             lib = ctypes.CDLL(lib_path, mode=getattr(os, "RTLD_LOCAL", 0))
         except OSError as e:

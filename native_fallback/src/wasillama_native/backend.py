@@ -23,7 +23,7 @@ import numpy.typing as npt
 
 from wasillama import _abi
 from wasillama._abi import ContextParams, ModelInfo, ModelParams, SamplerParams
-from wasillama.backend import ModelSource, TokenArray
+from wasillama.backend import Device, ModelSource, TokenArray
 from wasillama.errors import ChatTemplateError, ModelLoadError, WasillamaError
 
 from . import _ffi
@@ -96,6 +96,9 @@ class NativeBackend:
 
     def last_error(self, handle: int) -> str:
         return _ffi.last_error(self._lib, handle)
+
+    def devices(self) -> list[Device]:
+        return Device.parse_all(self._string(0, self._lib.wl_devices, 1024).decode("utf-8", "replace"))
 
     def system_info(self) -> str:
         return self._string(0, self._lib.wl_system_info, 1024).decode("utf-8", "replace")

@@ -17,7 +17,7 @@ import numpy.typing as npt
 
 from .. import _abi
 from .._abi import ContextParams, ModelInfo, ModelParams, SamplerParams
-from ..backend import ModelSource, TokenArray
+from ..backend import Device, ModelSource, TokenArray
 from ..errors import BackendError, ModelLoadError, ModelTooLargeError, UnsupportedOptionError
 from .guest import Guest
 
@@ -77,6 +77,9 @@ class WasmBackend:
 
     def system_info(self) -> str:
         return self._string_call("wl_system_info", 0).decode()
+
+    def devices(self) -> list[Device]:
+        return Device.parse_all(self._string_call("wl_devices", 0).decode("utf-8", "replace"))
 
     # ---- models ----------------------------------------------------------------------------
 
