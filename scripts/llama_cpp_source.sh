@@ -14,6 +14,10 @@ sdist="$cache/llama_cpp_python-$LLAMA_CPP_PYTHON_VERSION.tar.gz"
 tree="$cache/llama_cpp_python-$LLAMA_CPP_PYTHON_VERSION"
 mkdir -p "$cache"
 
+# Builds may run side by side (wasm, native, reference): one fetches and unpacks, the others wait.
+exec 9>"$cache/.llama_cpp_source.lock"
+flock 9
+
 if [ ! -f "$tree/.unpacked" ]; then
     if [ ! -f "$sdist" ] || ! echo "$SDIST_SHA256  $sdist" | sha256sum -c --status; then
         rm -f "$sdist"
@@ -23,8 +27,11 @@ if [ ! -f "$tree/.unpacked" ]; then
     fi
     echo "$SDIST_SHA256  $sdist" | sha256sum -c --status || {
         echo "error: sha256 mismatch for $sdist" >&2; exit 1; }
-    rm -rf "$tree"
-    tar xzf "$sdist" -C "$cache"
+    rm -rf "$tree" "$cache/.unpack"
+    mkdir "$cache/.unpack"
+    tar xzf "$sdist" -C "$cache/.unpack"
+    mv "$cache/.unpack/$(basename "$tree")" "$tree"
+    rmdir "$cache/.unpack"
     touch "$tree/.unpacked"
 fi
 echo "$tree/vendor/llama.cpp"

@@ -41,6 +41,11 @@ static int32_t host_read(int32_t s, int64_t o, void * d, int32_t n) { return g_r
 static void host_log(int32_t l, const char * t, int32_t n) { if (g_log_fn) g_log_fn(l, t, n); }
 #endif
 
+// The pinned llama.cpp commit (wasm/LLAMA_CPP_COMMIT), passed by both builds.
+#ifndef WL_LLAMA_CPP_COMMIT
+#define WL_LLAMA_CPP_COMMIT "unknown"
+#endif
+
 static_assert(sizeof(wl_model_params) == 64, "wl_model_params layout is part of the ABI");
 static_assert(sizeof(wl_model_info) == 192, "wl_model_info layout is part of the ABI");
 static_assert(sizeof(wl_context_params) == 64, "wl_context_params layout is part of the ABI");
@@ -66,6 +71,9 @@ struct Context {
     // Read by llama.cpp's abort callback between graph nodes; written by the host, from any
     // thread (natively) or straight into guest memory (wasm): a plain int32 in memory.
     std::atomic<int32_t> abort_flag{0};
+    // Outputs the last llama_decode produced: sampling or reading logits without any would
+    // trip an assertion inside llama.cpp (a trap in wasm, the end of the process natively).
+    int32_t n_outputs = 0;
     ~Context() { if (ctx) llama_free(ctx); }
 };
 static_assert(sizeof(std::atomic<int32_t>) == sizeof(int32_t), "the host writes the abort flag as an int32");
@@ -88,8 +96,9 @@ struct Registry {
 };
 
 Registry & reg() {
-    static Registry r;
-    return r;
+    // Never destroyed: threads still inside the library at exit() must not see freed objects.
+    static Registry * r = new Registry;
+    return *r;
 }
 
 // The first error-level message llama.cpp logged on this thread (since the last clear): load failures are only
@@ -100,7 +109,19 @@ std::string t_last_log_error;  // the guest is single-threaded (and has no __cxa
 thread_local std::string t_last_log_error;
 #endif
 
+// Errors without a handle (failed loads, unknown handles) are kept per thread, so two threads
+// loading at once each read their own message.
+#if defined(__wasm__)
+std::string t_global_error;
+#else
+thread_local std::string t_global_error;
+#endif
+
 void set_error(int32_t handle, const std::string & msg) {
+    if (handle == 0) {
+        t_global_error = msg;
+        return;
+    }
     std::lock_guard<std::mutex> lk(reg().mu);
     reg().errors[handle] = msg;
 }
@@ -148,6 +169,9 @@ int32_t guarded(int32_t handle, F && f) {
     } catch (const std::bad_alloc &) {
         set_error(handle, "out of memory");
         return WL_E_NOMEM;
+    } catch (const std::invalid_argument & e) {  // e.g. the tokenizer on invalid UTF-8
+        set_error(handle, std::string("invalid argument: ") + e.what());
+        return WL_E_ARG;
     } catch (const std::exception & e) {
         set_error(handle, std::string("internal error: ") + e.what());
         return WL_E_INTERNAL;
@@ -186,9 +210,13 @@ void abort_callback(const char * message) {
     host_log(GGML_LOG_LEVEL_ERROR, text.c_str(), (int32_t) text.size());
 }
 
-llama_model_params to_llama(const wl_model_params * p, const float * tensor_split, int32_t n_split) {
+// `split` receives a copy of tensor_split padded to llama_max_devices() entries (llama.cpp reads
+// that many); it must outlive the load.
+llama_model_params to_llama(const wl_model_params * p, const float * tensor_split, int32_t n_split,
+                            std::vector<float> & split) {
     llama_model_params mp = llama_model_default_params();
     if (!p) return mp;
+    require(p->split_mode >= LLAMA_SPLIT_MODE_NONE && p->split_mode <= LLAMA_SPLIT_MODE_TENSOR, "unknown split_mode");
     mp.n_gpu_layers  = p->n_gpu_layers;
     mp.main_gpu      = p->main_gpu;
     mp.split_mode    = (enum llama_split_mode) p->split_mode;
@@ -196,7 +224,9 @@ llama_model_params to_llama(const wl_model_params * p, const float * tensor_spli
     mp.check_tensors = p->check_tensors != 0;
     if (tensor_split && n_split > 0) {
         require((size_t) n_split <= llama_max_devices(), "tensor_split has more entries than devices");
-        mp.tensor_split = tensor_split;
+        split.assign(llama_max_devices(), 0.0f);
+        std::copy(tensor_split, tensor_split + n_split, split.begin());
+        mp.tensor_split = split.data();
     }
     return mp;
 }
@@ -273,6 +303,18 @@ int32_t tok_flags_check(int32_t flags) {
     return flags;
 }
 
+// KV cache types llama.cpp can store (the enum has holes and removed types of block size 0).
+bool kv_cache_type_ok(int32_t t) {
+    switch (t) {
+        case GGML_TYPE_F32: case GGML_TYPE_F16: case GGML_TYPE_BF16: case GGML_TYPE_Q8_0:
+        case GGML_TYPE_Q4_0: case GGML_TYPE_Q4_1: case GGML_TYPE_IQ4_NL: case GGML_TYPE_Q5_0:
+        case GGML_TYPE_Q5_1:
+            return true;
+        default:
+            return false;
+    }
+}
+
 bool abort_cb(void * data) {
     return ((Context *) data)->abort_flag.load(std::memory_order_relaxed) != 0;
 }
@@ -283,13 +325,17 @@ llama_pos next_pos(llama_context * ctx, llama_seq_id seq) {
 }
 
 int32_t decode_checked(Context & c, llama_batch & batch) {
+    c.n_outputs = 0;
     const int32_t rc = llama_decode(c.ctx, batch);
-    if (rc == 0) return 0;
-    if (rc == 1) throw wl_error(WL_E_CTX_FULL, "the context is full: no KV cache slot for the batch");
-    if (rc == 2) {
-        c.abort_flag.store(0);
-        throw wl_error(WL_E_ABORTED, "decode aborted by the host");
+    // An abort is for the decode in progress: one that arrives as it finishes must not stop
+    // the next, unrelated one.
+    c.abort_flag.store(0);
+    if (rc == 0) {
+        for (int32_t i = 0; i < batch.n_tokens; i++) c.n_outputs += batch.logits[i] ? 1 : 0;
+        return 0;
     }
+    if (rc == 1) throw wl_error(WL_E_CTX_FULL, "the context is full: no KV cache slot for the batch");
+    if (rc == 2) throw wl_error(WL_E_ABORTED, "decode aborted by the host");
     throw wl_error(WL_E_DECODE, "llama_decode failed with status " + std::to_string(rc));
 }
 
@@ -325,8 +371,8 @@ WL_EXPORT(wl_init) int32_t wl_init(void) {
 }
 
 WL_EXPORT(wl_last_error) int32_t wl_last_error(int32_t handle, char * buf, int32_t cap) {
-    std::string msg;
-    {
+    std::string msg = handle == 0 ? t_global_error : std::string();
+    if (handle != 0) {
         std::lock_guard<std::mutex> lk(reg().mu);
         auto it = reg().errors.find(handle);
         if (it != reg().errors.end()) msg = it->second;
@@ -335,7 +381,10 @@ WL_EXPORT(wl_last_error) int32_t wl_last_error(int32_t handle, char * buf, int32
 }
 
 WL_EXPORT(wl_system_info) int32_t wl_system_info(char * buf, int32_t cap) {
-    return guarded(0, [&] { return copy_out(llama_print_system_info(), buf, cap); });
+    return guarded(0, [&] {
+        return copy_out(std::string("ggml ") + ggml_version() + ", llama.cpp " + WL_LLAMA_CPP_COMMIT + " | " +
+                        llama_print_system_info(), buf, cap);
+    });
 }
 
 WL_EXPORT(wl_devices) int32_t wl_devices(char * buf, int32_t cap) {
@@ -368,14 +417,13 @@ WL_EXPORT(wl_model_load_host) int32_t wl_model_load_host(int32_t source, int64_t
                                                          const float * tensor_split, int32_t n_split) {
     return guarded(0, [&] {
         if (size <= 0) throw wl_error(WL_E_LOAD, "failed to load model: the model is empty (0 bytes)");
-        llama_model_params mp = to_llama(p, tensor_split, n_split);
+        std::vector<float> split;
+        llama_model_params mp = to_llama(p, tensor_split, n_split, split);
         mp.load_mode = LLAMA_LOAD_MODE_NONE;  // a stream cannot be mapped
         mp.lazy_mode = LLAMA_LAZY_MODE_OFF;   // read every byte now; the stream closes below
         t_last_log_error.clear();
-        FILE * f = open_host_file(source, size);
-        llama_model * m = llama_model_load_from_file_ptr(f, mp);
-        fclose(f);
-        return finish_load(m);
+        std::unique_ptr<FILE, int (*)(FILE *)> f(open_host_file(source, size), fclose);
+        return finish_load(llama_model_load_from_file_ptr(f.get(), mp));
     });
 }
 
@@ -387,7 +435,8 @@ WL_EXPORT(wl_model_load_path) int32_t wl_model_load_path(const char * path, cons
         throw wl_error(WL_E_UNSUPPORTED, "the sandbox has no filesystem: load models through the host");
 #else
         require(path != nullptr, "path is NULL");
-        llama_model_params mp = to_llama(p, tensor_split, n_split);
+        std::vector<float> split;
+        llama_model_params mp = to_llama(p, tensor_split, n_split, split);
         if (p) {
             mp.load_mode = p->use_mmap ? (p->use_mlock ? LLAMA_LOAD_MODE_MMAP_MLOCK : LLAMA_LOAD_MODE_MMAP)
                                        : (p->use_mlock ? LLAMA_LOAD_MODE_MLOCK : LLAMA_LOAD_MODE_NONE);
@@ -564,6 +613,10 @@ WL_EXPORT(wl_context_new) int32_t wl_context_new(int32_t model, const wl_context
         require(p->n_ctx >= 0 && p->n_batch >= 0 && p->n_ubatch >= 0, "sizes must not be negative");
         auto m = lookup(reg().models, model, "model");
         require(llama_model_n_layer(m->model) > 0, "the model was loaded vocab-only: it cannot run a context");
+        require(p->type_k < 0 || kv_cache_type_ok(p->type_k), "unsupported KV cache type_k");
+        require(p->type_v < 0 || kv_cache_type_ok(p->type_v), "unsupported KV cache type_v");
+        require(p->flash_attn >= -1 && p->flash_attn <= 1, "flash_attn must be -1 (auto), 0 or 1");
+        require(p->pooling_type >= -1 && p->pooling_type <= LLAMA_POOLING_TYPE_RANK, "unknown pooling_type");
         llama_context_params cp = llama_context_default_params();
         cp.n_ctx = (uint32_t) p->n_ctx;
         if (p->n_batch > 0)  cp.n_batch  = (uint32_t) p->n_batch;
@@ -672,6 +725,7 @@ WL_EXPORT(wl_logits) int32_t wl_logits(int32_t ctx, int32_t idx, float * out, in
         require(cap >= 0 && (out || cap == 0), "invalid output buffer");
         require(idx < 0, "logits are addressed from the last output backwards: -1 is the last");
         auto c = lookup(reg().contexts, ctx, "context");
+        require(-(int64_t) idx <= c->n_outputs, "no such output in the last decode");
         const int32_t n_vocab = llama_vocab_n_tokens(llama_model_get_vocab(c->model));
         const float * l = llama_get_logits_ith(c->ctx, idx);
         if (!l) throw wl_error(WL_E_ARG, "no logits for output " + std::to_string(idx) + " of the last decode");
@@ -682,7 +736,9 @@ WL_EXPORT(wl_logits) int32_t wl_logits(int32_t ctx, int32_t idx, float * out, in
 
 WL_EXPORT(wl_memory_clear) int32_t wl_memory_clear(int32_t ctx) {
     return guarded(ctx, [&] {
-        llama_memory_clear(llama_get_memory(lookup(reg().contexts, ctx, "context")->ctx), true);
+        auto c = lookup(reg().contexts, ctx, "context");
+        llama_memory_clear(llama_get_memory(c->ctx), true);
+        c->n_outputs = 0;
         return 0;
     });
 }
@@ -694,6 +750,7 @@ WL_EXPORT(wl_memory_seq_rm) int32_t wl_memory_seq_rm(int32_t ctx, int32_t seq, i
         if (!llama_memory_seq_rm(llama_get_memory(c->ctx), seq, p0, p1)) {
             throw wl_error(WL_E_ARG, "this model's memory cannot remove a partial sequence");
         }
+        c->n_outputs = 0;
         return 0;
     });
 }
@@ -767,6 +824,7 @@ WL_EXPORT(wl_generate) int32_t wl_generate(int32_t ctx, int32_t sampler, int32_t
         while (n < max_tokens) {
             // Sampling reads the last output's logits; the sampled token is then decoded so the
             // next call (or iteration) finds fresh logits.
+            if (c->n_outputs == 0) throw wl_error(WL_E_ARG, "nothing to sample from: decode a prompt first");
             const llama_token tok = llama_sampler_sample(s->chain, c->ctx, -1);
             if (llama_vocab_is_eog(vocab, tok)) {
                 *stop_reason = WL_STOP_EOG;

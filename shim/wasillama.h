@@ -16,6 +16,7 @@
  *
  * Threads: model handles may be used from several threads at once natively; a context handle
  * and its samplers must be used by one thread at a time (the Python host enforces this).
+ * Errors of calls without a handle (handle 0) are kept per thread.
  */
 #ifndef WASILLAMA_SHIM_H
 #define WASILLAMA_SHIM_H
@@ -119,7 +120,7 @@ int32_t wl_abi_version(void);
 int32_t wl_init(void);
 /* Copies the last error message of `handle` (0: global) into buf; returns its full length. */
 int32_t wl_last_error(int32_t handle, char * buf, int32_t cap);
-/* Copies the llama.cpp build description (version, commit, system info) into buf. */
+/* Copies the build description ("ggml VERSION, llama.cpp COMMIT | system info") into buf. */
 int32_t wl_system_info(char * buf, int32_t cap);
 /* One line per compute device ggml sees: "name\tdescription\ttype\tfree_bytes\ttotal_bytes\n". */
 int32_t wl_devices(char * buf, int32_t cap);
@@ -161,7 +162,8 @@ int32_t wl_context_new(int32_t model, const wl_context_params * params);
 int32_t wl_context_free(int32_t ctx);
 /* Writes n_ctx, n_batch, n_ubatch, n_seq_max into out[0..3]. */
 int32_t wl_context_info(int32_t ctx, int32_t * out, int32_t cap);
-/* Address of an int32 the host may set (from any thread) to abort the running decode. */
+/* Address of an int32 the host may set (from any thread) to abort the running decode; every
+ * decode clears it when it returns, so a late abort does not stop the next one. */
 int32_t wl_context_abort_flag(int32_t ctx, int32_t ** out_ptr);
 
 /* Decode n tokens, split into n_batch-sized llama_decode calls.
@@ -169,7 +171,9 @@ int32_t wl_context_abort_flag(int32_t ctx, int32_t ** out_ptr);
  * seq NULL: every token goes to sequence 0.
  * logits NULL: outputs for the last token only; else one byte per token (0/1), only within the
  * last n_batch tokens (each llama_decode replaces the previous outputs).
- * Returns the number of outputs. On failure tokens of the failing chunk are not in the cache. */
+ * Returns the number of outputs. On failure the cache may hold part of the tokens (earlier
+ * chunks, and ubatches llama.cpp finished before an abort): the host should clear what it
+ * cannot account for. */
 int32_t wl_decode(int32_t ctx, const int32_t * tokens, int32_t n, const int32_t * pos,
                   const int32_t * seq, const int8_t * logits);
 /* Copies the logits of an output of the last decode into out; returns n_vocab.

@@ -349,3 +349,41 @@ def test_prefix_cache(model: wasillama.Model, ctx: wasillama.Context) -> None:
     with model.new_context(n_ctx=N_CTX) as fresh:
         assert diverged.tokens == greedy(fresh, other, n=8).tokens
     assert diverged.cached_prompt_tokens < len(model.tokenize(other))
+
+
+# ---- abort ---------------------------------------------------------------------------------------------
+
+
+def test_abort_while_idle_does_not_stop_the_next_call(ctx: wasillama.Context) -> None:
+    expected = greedy(ctx).tokens
+    ctx.abort()
+    assert greedy(ctx).tokens == expected
+
+
+def test_abort_from_another_thread_stops_generation(model: wasillama.Model) -> None:
+    with model.new_context(n_ctx=2048) as ctx:
+        timer = threading.Timer(0.3, ctx.abort)
+        timer.start()
+        try:
+            with pytest.raises(wasillama.AbortedError):
+                ctx.generate(PROMPT, max_tokens=100_000, temperature=0)  # would run until the context is full
+        finally:
+            timer.cancel()
+        # the context is usable afterwards, with the same greedy output as a fresh one
+        after = greedy(ctx).tokens
+    with model.new_context(n_ctx=N_CTX) as fresh:
+        assert after == greedy(fresh).tokens
+
+
+def test_abort_during_a_long_prompt(model: wasillama.Model) -> None:
+    with model.new_context(n_ctx=4096, n_batch=4096, n_ubatch=64) as ctx:
+        prompt = list(range(1, 4000))
+        timer = threading.Timer(0.05, ctx.abort)
+        timer.start()
+        try:
+            with pytest.raises(wasillama.AbortedError):
+                ctx.eval(prompt)
+        finally:
+            timer.cancel()
+        ctx.eval([1, 2, 3])  # still usable
+        assert ctx.logits().shape == (model.n_vocab,)

@@ -65,3 +65,15 @@ def test_auto_picks_native_for_gpu_layers(synthetic_model: Path) -> None:
 def test_native_missing_is_a_clear_error(synthetic_model: Path) -> None:
     with pytest.raises(BackendUnavailableError, match=r"pip install \./native_fallback"):
         Model.load(synthetic_model, backend="native", trust_model=True)
+
+
+def test_out_of_memory_in_the_sandbox_is_an_error_not_a_crash(synthetic_model: Path) -> None:
+    """A KV cache larger than the wasm32 address space: the guest's allocation fails, llama.cpp
+    reports it, and the model stays usable. (Wasm only: natively this would really allocate.)"""
+    from wasillama import OutOfMemoryError
+
+    with Model.load(synthetic_model) as model:
+        with pytest.raises(OutOfMemoryError, match="failed to create the context"):
+            model.new_context(n_ctx=100_000_000)
+        with model.new_context(n_ctx=128) as ctx:
+            assert ctx.generate("Hello", max_tokens=2, temperature=0).completion_tokens == 2

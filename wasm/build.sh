@@ -87,7 +87,9 @@ cxxflags="${common[*]} -include $here/compat/wasi_compat.h"
 build="$work/build"
 rm -rf "$build"
 log "configuring llama.cpp"
-cmake -S "$src" -B "$build" -G Ninja \
+# ggml asks git for "its" commit; the copy has no .git, so git would find this repository's
+# HEAD and bake it into the module. Stop the search at the work folder.
+GIT_CEILING_DIRECTORIES="$work" cmake -S "$src" -B "$build" -G Ninja \
     -DCMAKE_TOOLCHAIN_FILE="$here/toolchain.cmake" \
     -DWASI_CLANG="$CC" -DWASI_CLANGXX="$CXX" -DWASI_LLVM_BIN="$LLVM_BIN" -DWASI_SYSROOT="$sysroot" \
     -DCMAKE_BUILD_TYPE=Release \
@@ -116,6 +118,7 @@ done
 "$CC" ${common[@]} -c "$here/runtime/cpp_exception_tag.S" -o "$obj/cpp_exception_tag.o"
 "$CXX" ${common[@]} -std=c++17 -c "$here/runtime/operator_new.cpp" -o "$obj/operator_new.o"
 "$CXX" ${common[@]} -std=c++17 -include "$here/compat/wasi_compat.h" -I "$src/include" -I "$src/ggml/include" \
+    -DWL_LLAMA_CPP_COMMIT="\"$(cat "$here/LLAMA_CPP_COMMIT")\"" \
     -Wall -Wextra -Werror -c "$root/shim/wasillama.cpp" -o "$obj/wasillama.o"
 
 # ---- link ------------------------------------------------------------------------------------

@@ -5,6 +5,8 @@
         print(ctx.generate("The capital of France is", max_tokens=16, temperature=0).text)
 """
 
+import logging
+
 from ._abi import ModelInfo
 from .context import Context, TextStream
 from .errors import (
@@ -27,6 +29,9 @@ from .model import Model
 from .results import GenerationResult, Timings
 
 __version__ = "0.1.0"
+
+# A library logs, the application decides what to show (llama.cpp's log goes to "wasillama.llama").
+logging.getLogger("wasillama").addHandler(logging.NullHandler())
 
 __all__ = [
     "AbortedError", "BackendError", "BackendUnavailableError", "ChatTemplateError", "ClosedError",

@@ -7,6 +7,7 @@ bytes are valid in the wasm32 guest and in the native library.
 from __future__ import annotations
 
 import struct
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from . import errors
@@ -33,7 +34,7 @@ TOK_PARSE_SPECIAL = 2
 
 _ERRORS: dict[int, type[errors.WasillamaError]] = {
     E_HANDLE: errors.ClosedError,
-    E_ARG: errors.WasillamaError,
+    E_ARG: errors.InvalidArgumentError,
     E_LOAD: errors.ModelLoadError,
     E_NOMEM: errors.OutOfMemoryError,
     E_CTX_FULL: errors.ContextFullError,
@@ -49,6 +50,16 @@ def error_for(status: int, message: str) -> errors.WasillamaError:
     """The exception for a negative shim status and its last-error message."""
     cls = _ERRORS.get(status, errors.BackendError)
     return cls(message or f"shim call failed with status {status}")
+
+
+def pack_messages(messages: Sequence[tuple[str, str]]) -> bytes:
+    """(role, content) pairs as the ABI's consecutive NUL-terminated strings."""
+    parts = []
+    for role, content in messages:
+        if "\0" in role or "\0" in content:  # would shift every later string
+            raise errors.InvalidArgumentError("chat messages must not contain NUL characters")
+        parts.append(role.encode() + b"\0" + content.encode() + b"\0")
+    return b"".join(parts)
 
 
 MODEL_PARAMS = struct.Struct("<16i")

@@ -46,12 +46,14 @@ class ModelSource:
         path = Path(source)
         if not path.is_file():
             raise ModelNotFoundError(f"model file not found: {path}")
+        if not os.access(path, os.R_OK):
+            raise ModelNotFoundError(f"model file not readable: {path}")
         return cls(path=path)
 
     @property
     def size(self) -> int:
         if self.buffer is not None:
-            return len(self.buffer)
+            return memoryview(self.buffer).nbytes
         assert self.path is not None
         return self.path.stat().st_size
 
@@ -112,7 +114,7 @@ class Backend(Protocol):
     def new_context(self, model: int, params: ContextParams) -> int: ...
     def free_context(self, ctx: int) -> None: ...
     def context_info(self, ctx: int) -> tuple[int, int, int, int]: ...
-    def abort(self, ctx: int) -> None: ...
+    def set_abort(self, ctx: int, on: bool) -> None: ...  # any thread; stops the running decode
     def last_error(self, handle: int) -> str: ...
     def decode(self, ctx: int, tokens: TokenArray, pos: TokenArray | None = None,
                seq: TokenArray | None = None, logits: npt.NDArray[np.int8] | None = None) -> int: ...

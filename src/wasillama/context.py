@@ -22,7 +22,14 @@ import numpy as np
 
 from . import _abi
 from ._abi import ContextParams, SamplerParams
-from .errors import ClosedError, ConcurrentUseError, ContextFullError, WasillamaError
+from .errors import (
+    AbortedError,
+    ClosedError,
+    ConcurrentUseError,
+    ContextFullError,
+    InvalidArgumentError,
+    WasillamaError,
+)
 from .results import FinishReason, GenerationResult, Timings
 from .text import TextAssembler
 
@@ -44,11 +51,17 @@ class Context:
     def __init__(self, model: Model, params: ContextParams) -> None:
         self._model = model
         self._backend = model._backend
-        self._handle = self._backend.new_context(model._require_handle(), params)
-        self.n_ctx, self.n_batch, self.n_ubatch, self.n_seq_max = self._backend.context_info(self._handle)
         self._cached: list[int] = []  # tokens held by sequence 0 of the KV cache
         self._busy = threading.Lock()
+        self._abort_requested = False
+        self._closed = True  # until the handle below exists
+        self._handle = self._backend.new_context(model._require_handle(), params)
         self._closed = False
+        try:
+            self.n_ctx, self.n_batch, self.n_ubatch, self.n_seq_max = self._backend.context_info(self._handle)
+        except BaseException:
+            self.close()
+            raise
 
     # ---- lifecycle ---------------------------------------------------------------------------
 
@@ -66,9 +79,8 @@ class Context:
             return
         self._closed = True
         try:
-            if not self._model.closed:
-                self._backend.free_context(self._handle)
-        except WasillamaError:  # a poisoned sandbox cannot free; the model drops it whole
+            self._backend.free_context(self._handle)
+        except WasillamaError:  # a closed or poisoned sandbox cannot free; it was dropped whole
             pass
         finally:
             self._model._forget(self)
@@ -90,6 +102,16 @@ class Context:
             raise ConcurrentUseError(
                 "this Context is already in use (by another thread, or by an unfinished stream); "
                 "use one Context per concurrent conversation")
+        self._abort_requested = False
+
+    def _release(self) -> None:
+        """End an operation: a late abort() must not stop the next one."""
+        try:
+            if self._abort_requested:
+                with contextlib.suppress(WasillamaError):
+                    self._backend.set_abort(self._handle, False)
+        finally:
+            self._busy.release()
 
     # ---- tokens ----------------------------------------------------------------------------------
 
@@ -106,12 +128,14 @@ class Context:
             self._backend.memory_clear(self._handle)
             self._cached = []
         finally:
-            self._busy.release()
+            self._release()
 
     def abort(self) -> None:
-        """Ask a decode in progress (on another thread) to stop; it raises AbortedError."""
-        if not self._closed:
-            self._backend.abort(self._handle)
+        """Stop the operation in progress on this context (called from another thread): it
+        raises AbortedError, at the latest after the current graph node. Does nothing when idle."""
+        if not self._closed and self._busy.locked():
+            self._abort_requested = True
+            self._backend.set_abort(self._handle, True)
 
     def eval(self, tokens: Sequence[int]) -> None:
         """Make the cache hold exactly `tokens` (reusing the longest cached prefix)."""
@@ -119,7 +143,7 @@ class Context:
         try:
             self._ingest(list(tokens))
         finally:
-            self._busy.release()
+            self._release()
 
     def logits(self) -> np.ndarray[Any, np.dtype[np.float32]]:
         """Logits of the last evaluated token (n_vocab floats)."""
@@ -127,7 +151,7 @@ class Context:
         try:
             return self._backend.logits(self._handle, -1)
         finally:
-            self._busy.release()
+            self._release()
 
     # ---- generation ------------------------------------------------------------------------------
 
@@ -154,7 +178,7 @@ class Context:
         """Like generate(), as an iterator of text pieces (never a split UTF-8 character).
         The finished stream's `.result` holds the GenerationResult."""
         if max_tokens < 0:
-            raise ValueError("max_tokens must be >= 0")
+            raise InvalidArgumentError("max_tokens must be >= 0")
         if isinstance(prompt, str):
             tokens = self.tokenize(prompt, add_special=add_special, parse_special=parse_special)
         else:
@@ -180,7 +204,7 @@ class Context:
     def _ingest(self, tokens: list[int]) -> int:
         """Evaluate `tokens`, reusing the cached prefix. Returns how many were reused."""
         if not tokens:
-            raise ValueError("the prompt is empty (no tokens)")
+            raise InvalidArgumentError("the prompt is empty (no tokens)")
         if len(tokens) >= self.n_ctx:
             raise ContextFullError(
                 f"the prompt has {len(tokens)} tokens but the context holds {self.n_ctx}; "
@@ -193,7 +217,7 @@ class Context:
         common = min(common, len(tokens) - 1)  # re-evaluate at least one token to get logits
         try:
             self._backend.memory_seq_rm(self._handle, 0, common, -1)
-        except Exception:  # memory that cannot drop a suffix (recurrent models): start over
+        except InvalidArgumentError:  # memory that cannot drop a suffix (recurrent models): start over
             self._backend.memory_clear(self._handle)
             common = 0
         self._cached = self._cached[:common]
@@ -201,8 +225,9 @@ class Context:
             self._backend.decode(self._handle, np.asarray(tokens[common:], dtype=np.int32))
         except BaseException:
             # the failed batch may be partly in the cache: forget it all rather than guess
-            self._backend.memory_clear(self._handle)
             self._cached = []
+            with contextlib.suppress(WasillamaError):
+                self._backend.memory_clear(self._handle)
             raise
         self._cached = list(tokens)
         return common
@@ -222,6 +247,8 @@ class Context:
             out: list[int] = []
             finish: FinishReason = "length"
             while len(out) < max_tokens:
+                if self._abort_requested:
+                    raise AbortedError("generation aborted")
                 new, why = self._backend.generate(self._handle, sampler, 0, min(chunk, max_tokens - len(out)))
                 new_list = new.tolist()
                 out.extend(new_list)
@@ -252,9 +279,10 @@ class Context:
         finally:
             try:
                 if sampler:
-                    self._backend.free_sampler(sampler)
+                    with contextlib.suppress(WasillamaError):  # the sandbox may be gone already
+                        self._backend.free_sampler(sampler)
             finally:
-                self._busy.release()
+                self._release()
 
 
 class TextStream(Iterator[str]):

@@ -7,6 +7,10 @@ class WasillamaError(Exception):
     """Base class of every wasillama error."""
 
 
+class InvalidArgumentError(WasillamaError, ValueError):
+    """An argument is out of range or malformed (a token id, a sequence id, a NUL in a message...)."""
+
+
 class ModelNotFoundError(WasillamaError, FileNotFoundError):
     """The model path does not exist or is not a readable file."""
 

@@ -19,7 +19,7 @@ from typing import Literal
 from ._abi import ContextParams, ModelInfo, ModelParams
 from .backend import Backend, Buffer, ModelSource, installed_plugins, load_plugin
 from .context import Context
-from .errors import ClosedError, ModelLoadError, UnsupportedOptionError, WasillamaError
+from .errors import ClosedError, InvalidArgumentError, ModelLoadError, UnsupportedOptionError, WasillamaError
 from .wasm import WasmBackend
 from .wasm.backend import WASM32_MODEL_LIMIT
 
@@ -77,13 +77,18 @@ class Model:
                 raise UnsupportedOptionError(
                     "the native backend runs llama.cpp without a sandbox: a malicious model file can "
                     "compromise this process. Pass trust_model=True if you trust the file.")
-            be: Backend = load_plugin("native").create()
-            return cls(be, be.load_model(src, params, tensor_split), src, owns_backend=False)
+            native: Backend = load_plugin("native").create()
+            handle = native.load_model(src, params, tensor_split)
+            try:
+                return cls(native, handle, src, owns_backend=False)
+            except BaseException:
+                native.free_model(handle)
+                raise
         wasm = WasmBackend()
         try:
             return cls(wasm, wasm.load_model(src, params, tensor_split), src, owns_backend=True)
         except BaseException:
-            wasm.close()
+            wasm.close()  # the whole sandbox goes, and with it every handle in it
             raise
 
     # ---- lifecycle ---------------------------------------------------------------------------
@@ -218,11 +223,8 @@ class Model:
         pairs = []
         for m in messages:
             if "role" not in m or "content" not in m:
-                raise ValueError("each message needs 'role' and 'content'")
-            role, content = str(m["role"]), str(m["content"])
-            if "\0" in role or "\0" in content:  # the ABI packs messages as NUL-terminated strings
-                raise ValueError("chat messages must not contain NUL characters")
-            pairs.append((role, content))
+                raise InvalidArgumentError("each message needs 'role' and 'content'")
+            pairs.append((str(m["role"]), str(m["content"])))
         return self._backend.chat_apply(self._require_handle(), template, pairs, add_generation_prompt)
 
     # ---- contexts ----------------------------------------------------------------------------
@@ -232,7 +234,7 @@ class Model:
                     type_v: int = -1, offload_kqv: bool = True) -> Context:
         """A new KV cache of n_ctx tokens (0 = the model's training length)."""
         if n_ctx < 0 or n_batch <= 0 or n_ubatch <= 0:
-            raise ValueError("n_ctx must be >= 0, n_batch and n_ubatch > 0")
+            raise InvalidArgumentError("n_ctx must be >= 0, n_batch and n_ubatch > 0")
         params = ContextParams(n_ctx=n_ctx, n_batch=n_batch, n_ubatch=min(n_ubatch, n_batch), n_threads=n_threads,
                                n_threads_batch=n_threads_batch,
                                flash_attn=-1 if flash_attn is None else int(flash_attn),
@@ -240,5 +242,10 @@ class Model:
         self._require_handle()
         ctx = Context(self, params)
         with self._lock:
-            self._contexts.add(ctx)
+            closing = self._closed
+            if not closing:
+                self._contexts.add(ctx)
+        if closing:  # close() ran meanwhile and could not see this context
+            ctx.close()
+            raise ClosedError("the model is closed")
         return ctx

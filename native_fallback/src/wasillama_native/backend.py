@@ -203,7 +203,7 @@ class NativeBackend:
 
     def chat_apply(self, model: int, template: str | None, messages: Sequence[tuple[str, str]],
                    add_assistant: bool) -> str:
-        packed = b"".join(r.encode() + b"\0" + c.encode() + b"\0" for r, c in messages)
+        packed = _abi.pack_messages(messages)
         tmpl = template.encode("utf-8") if template is not None else None
         out = self._string(
             model,
@@ -244,13 +244,13 @@ class NativeBackend:
         self._check(self._lib.wl_context_info(ctx, out.ctypes.data, 4), ctx)
         return int(out[0]), int(out[1]), int(out[2]), int(out[3])
 
-    def abort(self, ctx: int) -> None:
-        """Raises the context's abort flag: the running (or next) decode stops with AbortedError."""
+    def set_abort(self, ctx: int, on: bool) -> None:
+        """Raises (or lowers) the context's abort flag: the running decode stops with AbortedError."""
         with self._lock:  # held while writing, so free_context cannot free the flag under us
             rec = self._contexts.get(ctx)
             if rec is None or not rec.abort_flag:
                 raise _abi.error_for(_abi.E_HANDLE, f"invalid context handle {ctx}")
-            ctypes.c_int32.from_address(rec.abort_flag).value = 1
+            ctypes.c_int32.from_address(rec.abort_flag).value = int(on)
 
     def decode(self, ctx: int, tokens: TokenArray, pos: TokenArray | None = None,
                seq: TokenArray | None = None, logits: npt.NDArray[np.int8] | None = None) -> int:

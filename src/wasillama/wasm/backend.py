@@ -7,10 +7,11 @@ serialised with the instance lock: a Store is not thread-safe.
 
 from __future__ import annotations
 
-import mmap
+import ctypes
 import struct
+import threading
 from collections.abc import Callable, Sequence
-from typing import Any, TypeVar
+from typing import TypeVar
 
 import numpy as np
 import numpy.typing as npt
@@ -18,7 +19,14 @@ import numpy.typing as npt
 from .. import _abi
 from .._abi import ContextParams, ModelInfo, ModelParams, SamplerParams
 from ..backend import Device, ModelSource, TokenArray
-from ..errors import BackendError, ModelLoadError, ModelTooLargeError, UnsupportedOptionError
+from ..errors import (
+    BackendError,
+    ClosedError,
+    InvalidArgumentError,
+    ModelLoadError,
+    ModelTooLargeError,
+    UnsupportedOptionError,
+)
 from .guest import Guest
 
 T = TypeVar("T")
@@ -35,7 +43,8 @@ class WasmBackend:
     def __init__(self) -> None:
         self._guest = Guest()
         self._closed = False
-        self._abort_flags: dict[int, int] = {}
+        self._abort_flags: dict[int, int] = {}  # context -> host address of its abort flag
+        self._abort_lock = threading.Lock()
         with self._guest.lock:
             abi = int(self._guest.call("wl_abi_version"))
             if abi != _abi.ABI_VERSION:
@@ -49,13 +58,14 @@ class WasmBackend:
     def _locked(self, fn: Callable[[Guest], T]) -> T:
         with self._guest.lock:
             if self._closed:
-                raise BackendError("the sandbox was closed")
+                raise ClosedError("the model's sandbox was closed")
             return fn(self._guest)
 
     def close(self) -> None:
-        with self._guest.lock:
+        with self._guest.lock, self._abort_lock:
             if not self._closed:
                 self._closed = True
+                self._abort_flags.clear()
                 self._guest.close()
 
     def _string_call(self, name: str, handle: int, *args: int, cap: int = 1024) -> bytes:
@@ -97,12 +107,10 @@ class WasmBackend:
                 "need backend='native'")
 
         def run(g: Guest) -> int:
-            if source.path is not None:
-                with open(source.path, "rb") as f:
-                    mm: Any = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) if size else b""
-            else:
-                mm = source.buffer
-            sid = g.add_source(mm)
+            # A file is read with pread straight into guest memory, not mapped: a file that
+            # shrinks under a mapping raises SIGBUS, which would kill the host process.
+            f = open(source.path, "rb") if source.path is not None else None  # noqa: SIM115
+            sid = g.add_source(f.fileno() if f is not None else source.buffer)
             try:
                 with g.scratch(_abi.MODEL_PARAMS.size) as p:
                     g.write(p, params.pack())
@@ -114,8 +122,8 @@ class WasmBackend:
                                      f"corrupt or hostile ({e})") from e
             finally:
                 g.remove_source(sid)
-                if isinstance(mm, mmap.mmap):
-                    mm.close()
+                if f is not None:
+                    f.close()
 
         return self._locked(run)
 
@@ -207,7 +215,7 @@ class WasmBackend:
 
     def chat_apply(self, model: int, template: str | None, messages: Sequence[tuple[str, str]],
                    add_assistant: bool) -> str:
-        packed = b"".join(r.encode() + b"\0" + c.encode() + b"\0" for r, c in messages)
+        packed = _abi.pack_messages(messages)
 
         def run(g: Guest) -> str:
             mp = g.put(packed)
@@ -242,13 +250,17 @@ class WasmBackend:
                 ctx = g.check("wl_context_new", model, model, p)
             with g.scratch(4) as p:
                 g.check("wl_context_abort_flag", ctx, ctx, p)
-                self._abort_flags[ctx] = struct.unpack("<I", g.read(p, 4))[0]
+                guest_addr = struct.unpack("<I", g.read(p, 4))[0]
+            host_addr = ctypes.addressof(g.view(guest_addr, 4))
+            with self._abort_lock:
+                self._abort_flags[ctx] = host_addr
             return ctx
 
         return self._locked(run)
 
     def free_context(self, ctx: int) -> None:
-        self._abort_flags.pop(ctx, None)
+        with self._abort_lock:
+            self._abort_flags.pop(ctx, None)
         self._locked(lambda g: g.check("wl_context_free", ctx, ctx))
 
     def context_info(self, ctx: int) -> tuple[int, int, int, int]:
@@ -260,12 +272,15 @@ class WasmBackend:
 
         return self._locked(run)
 
-    def abort(self, ctx: int) -> None:
-        # No instance lock: the decode this interrupts holds it. The flag's address was read
-        # when the context was made, and wasmtime never moves a 32-bit linear memory.
-        addr = self._abort_flags.get(ctx)
-        if addr is not None:
-            self._guest.write(addr, struct.pack("<i", 1))
+    def set_abort(self, ctx: int, on: bool) -> None:
+        # Not the instance lock (the decode this interrupts holds it), and no Store call from
+        # this thread: the flag's host address was computed when the context was made, and
+        # wasmtime never moves a 32-bit linear memory (it reserves the whole 4 GiB up front).
+        with self._abort_lock:
+            addr = self._abort_flags.get(ctx)
+            if addr is None:
+                raise ClosedError(f"invalid context handle {ctx}")
+            ctypes.c_int32.from_address(addr).value = int(on)
 
     def decode(self, ctx: int, tokens: TokenArray, pos: TokenArray | None = None, seq: TokenArray | None = None,
                logits: npt.NDArray[np.int8] | None = None) -> int:
@@ -273,7 +288,7 @@ class WasmBackend:
         n = len(arrays[0])
         for extra, dt in ((pos, np.int32), (seq, np.int32), (logits, np.int8)):
             if extra is not None and len(extra) != n:
-                raise ValueError("pos, seq and logits must have one entry per token")
+                raise InvalidArgumentError("pos, seq and logits must have one entry per token")
             arrays.append(np.ascontiguousarray(extra, dtype=dt) if extra is not None else None)  # type: ignore[arg-type]
 
         def run(g: Guest) -> int:

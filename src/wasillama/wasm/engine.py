@@ -2,8 +2,13 @@
 
 Compiling the 3.5 MB module takes seconds; deserializing a cached compilation takes a
 millisecond. Cache entries are keyed by the module's sha256, the wasmtime version and the
-engine configuration, so a new module or a new wasmtime never loads a stale compilation. Only
-files this process wrote (atomically, with a sha256 sidecar that is checked) are deserialized.
+engine configuration, so a new module or a new wasmtime never loads a stale compilation.
+
+A compiled module is native code that wasmtime trusts: whoever can write the cache can run
+code outside the sandbox. So the cache folder is created private (0700), an entry is used only
+from a folder owned by this user that nobody else can write, and its bytes are checked against
+the sha256 sidecar written with it (which catches truncation and corruption) and deserialized
+from the very bytes that were checked.
 """
 
 from __future__ import annotations
@@ -58,18 +63,28 @@ def module_cache_path(module_sha256: str) -> Path:
     return cache_dir() / "compiled" / f"llama-{key}.cwasm"
 
 
-def _load_cached(engine: wasmtime.Engine, path: Path) -> wasmtime.Module | None:
-    sidecar = path.with_suffix(".sha256")
+def _private(folder: Path) -> bool:
     try:
-        expected = sidecar.read_text().strip()
-        actual = hashlib.sha256(path.read_bytes()).hexdigest()
+        st = folder.stat()
+    except OSError:
+        return False
+    return (not hasattr(os, "getuid") or st.st_uid == os.getuid()) and not st.st_mode & 0o022
+
+
+def _load_cached(engine: wasmtime.Engine, path: Path) -> wasmtime.Module | None:
+    if not _private(path.parent):
+        log.warning("ignoring the compiled-module cache in %s: other users can write there", path.parent)
+        return None
+    try:
+        expected = path.with_suffix(".sha256").read_text().strip()
+        data = path.read_bytes()
     except OSError:
         return None
-    if actual != expected:
+    if hashlib.sha256(data).hexdigest() != expected:
         log.warning("ignoring corrupt compiled-module cache %s", path)
         return None
     try:
-        return wasmtime.Module.deserialize_file(engine, str(path))
+        return wasmtime.Module.deserialize(engine, data)
     except wasmtime.WasmtimeError as e:
         log.warning("ignoring unusable compiled-module cache %s: %s", path, e)
         return None
@@ -78,7 +93,7 @@ def _load_cached(engine: wasmtime.Engine, path: Path) -> wasmtime.Module | None:
 def _store_cached(module: wasmtime.Module, path: Path) -> None:
     try:
         data = module.serialize()
-        path.parent.mkdir(parents=True, exist_ok=True)
+        path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
         digest = hashlib.sha256(data).hexdigest().encode()
         for target, payload in ((path, bytes(data)), (path.with_suffix(".sha256"), digest)):
             fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-")

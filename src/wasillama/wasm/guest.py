@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import ctypes
 import logging
+import os
 import threading
 from typing import Any
 
@@ -37,7 +38,7 @@ class Guest:
         self.lock = threading.RLock()
         self.store = wasmtime.Store(compiled.engine)
         self.store.set_wasi(wasmtime.WasiConfig())  # nothing granted
-        self._sources: dict[int, npt.NDArray[np.uint8]] = {}
+        self._sources: dict[int, npt.NDArray[np.uint8] | int] = {}  # a buffer, or a file descriptor
         self._next_source = 1
         self._log_level = logging.INFO
         self._log_line = ""
@@ -110,7 +111,8 @@ class Guest:
     def scratch(self, n: int) -> _Scratch:
         return _Scratch(self, n)
 
-    def _view(self, ptr: int, n: int) -> ctypes.Array[ctypes.c_ubyte]:
+    def view(self, ptr: int, n: int) -> ctypes.Array[ctypes.c_ubyte]:
+        """Host view of guest bytes [ptr, ptr+n), bounds-checked (the guest chooses ptr)."""
         size = self.memory.data_len(self.store)
         if ptr < 0 or n < 0 or ptr + n > size:
             raise BackendError(f"guest pointer out of bounds: {ptr}+{n} > {size}")
@@ -119,10 +121,10 @@ class Guest:
     def write(self, ptr: int, data: bytes | bytearray | memoryview | npt.NDArray[Any]) -> None:
         src = data.view(np.uint8).reshape(-1) if isinstance(data, np.ndarray) else np.frombuffer(data, dtype=np.uint8)
         if src.size:
-            ctypes.memmove(self._view(ptr, src.size), src.ctypes.data, src.size)
+            ctypes.memmove(self.view(ptr, src.size), src.ctypes.data, src.size)
 
     def read(self, ptr: int, n: int) -> bytes:
-        return bytes(self._view(ptr, n)) if n else b""
+        return bytes(self.view(ptr, n)) if n else b""
 
     def read_array(self, ptr: int, n: int, dtype: type[np.generic]) -> npt.NDArray[Any]:
         nbytes = n * np.dtype(dtype).itemsize
@@ -137,11 +139,12 @@ class Guest:
 
     # ---- host services -------------------------------------------------------------------------
 
-    def add_source(self, buffer: Any) -> int:
-        """Register bytes the guest may read through host_read; returns the source id."""
+    def add_source(self, source: Any) -> int:
+        """Register bytes the guest may read through host_read (a buffer, or an open file
+        descriptor read with pread); returns the source id."""
         sid = self._next_source
         self._next_source += 1
-        self._sources[sid] = np.frombuffer(buffer, dtype=np.uint8)
+        self._sources[sid] = source if isinstance(source, int) else np.frombuffer(source, dtype=np.uint8)
         return sid
 
     def remove_source(self, sid: int) -> None:
@@ -151,12 +154,17 @@ class Guest:
         data = self._sources.get(source)
         if data is None or offset < 0 or n < 0:
             return -1
+        try:
+            view = self.view(dst, n)
+        except BackendError:
+            return -1
+        if isinstance(data, int):
+            try:
+                return os.preadv(data, [memoryview(view).cast("B")], offset) if n else 0
+            except OSError:
+                return -1
         n = max(0, min(n, data.size - offset))
         if n:
-            try:
-                view = self._view(dst, n)
-            except BackendError:
-                return -1
             ctypes.memmove(view, data.ctypes.data + offset, n)
         return n
 
