@@ -9,6 +9,14 @@
 #        WASILLAMA_BUILD_JOBS=N   parallel compile jobs (default: nproc)
 set -euo pipefail
 
+# LLVM 22's wasm exception-handling codegen depends on where the compiler's own objects land in
+# memory (llama-context.cpp compiled to two different objects across runs); with address-space
+# randomisation off it is deterministic, so the whole build runs under `setarch -R`.
+if [ -z "${WASILLAMA_BUILD_NO_ASLR:-}" ]; then
+    export WASILLAMA_BUILD_NO_ASLR=1
+    exec setarch "$(uname -m)" -R bash "$0" "$@"
+fi
+
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 root="$(cd "$here/.." && pwd)"
 work="$here/.work"
