@@ -66,3 +66,16 @@ def test_corrupt_cache_entry_is_not_deserialized(fresh_cache: Path) -> None:
     again = _compile()
     assert not again.from_cache  # the sha256 sidecar caught it; recompiled and rewritten
     assert _compile().from_cache
+
+
+def test_cache_in_a_folder_others_can_write_is_not_trusted(fresh_cache: Path) -> None:
+    """A compiled module is native code: one planted by another user must never be loaded."""
+    sha = _compile().module_sha256
+    folder = engine.module_cache_path(sha).parent
+    assert folder.stat().st_mode & 0o777 == 0o700
+    folder.chmod(0o777)
+    try:
+        assert not _compile().from_cache
+    finally:
+        folder.chmod(0o700)
+    assert _compile().from_cache

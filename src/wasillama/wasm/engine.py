@@ -72,6 +72,8 @@ def _private(folder: Path) -> bool:
 
 
 def _load_cached(engine: wasmtime.Engine, path: Path) -> wasmtime.Module | None:
+    if not path.is_file():
+        return None
     if not _private(path.parent):
         log.warning("ignoring the compiled-module cache in %s: other users can write there", path.parent)
         return None
