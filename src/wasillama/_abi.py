@@ -52,6 +52,11 @@ def error_for(status: int, message: str) -> errors.WasillamaError:
     return cls(message or f"shim call failed with status {status}")
 
 
+def tok_flags(special: bool, parse: bool) -> int:
+    """Tokenizer flags: add (tokenize) / keep (detokenize) BOS-EOS; parse / render control tokens."""
+    return (TOK_ADD_SPECIAL if special else 0) | (TOK_PARSE_SPECIAL if parse else 0)
+
+
 def pack_messages(messages: Sequence[tuple[str, str]]) -> bytes:
     """(role, content) pairs as the ABI's consecutive NUL-terminated strings."""
     parts = []

@@ -175,7 +175,7 @@ class NativeBackend:
         if isinstance(text, str):
             text = text.encode("utf-8")
         text = bytes(text)
-        flags = (_abi.TOK_ADD_SPECIAL if add_special else 0) | (_abi.TOK_PARSE_SPECIAL if parse_special else 0)
+        flags = _abi.tok_flags(add_special, parse_special)
         cap = len(text) + 8
         out = np.empty(cap, dtype=np.int32)
         n = self._check(self._lib.wl_tokenize(model, text, len(text), flags, out.ctypes.data, cap), model)
@@ -188,13 +188,13 @@ class NativeBackend:
     def detokenize(self, model: int, tokens: Sequence[int] | TokenArray, keep_special: bool,
                    render_special: bool) -> bytes:
         arr = _i32_array(tokens, "tokens")
-        flags = (_abi.TOK_ADD_SPECIAL if keep_special else 0) | (_abi.TOK_PARSE_SPECIAL if render_special else 0)
+        flags = _abi.tok_flags(keep_special, render_special)
         return self._string(
             model, lambda b, c: self._lib.wl_detokenize(model, arr.ctypes.data, arr.size, flags, b, c),
             8 * arr.size + 64)
 
     def token_piece(self, model: int, token: int, render_special: bool) -> bytes:
-        flags = _abi.TOK_PARSE_SPECIAL if render_special else 0
+        flags = _abi.tok_flags(False, render_special)
         return self._string(model, lambda b, c: self._lib.wl_token_piece(model, int(token), flags, b, c), 64)
 
     def token_is_eog(self, model: int, token: int) -> bool:

@@ -172,7 +172,7 @@ class WasmBackend:
     # ---- vocabulary --------------------------------------------------------------------------
 
     def tokenize(self, model: int, text: bytes, add_special: bool, parse_special: bool) -> TokenArray:
-        flags = (_abi.TOK_ADD_SPECIAL if add_special else 0) | (_abi.TOK_PARSE_SPECIAL if parse_special else 0)
+        flags = _abi.tok_flags(add_special, parse_special)
 
         def run(g: Guest) -> TokenArray:
             tp = g.put(text)
@@ -192,7 +192,7 @@ class WasmBackend:
     def detokenize(self, model: int, tokens: Sequence[int] | TokenArray, keep_special: bool,
                    render_special: bool) -> bytes:
         arr = np.ascontiguousarray(tokens, dtype=np.int32)
-        flags = (_abi.TOK_ADD_SPECIAL if keep_special else 0) | (_abi.TOK_PARSE_SPECIAL if render_special else 0)
+        flags = _abi.tok_flags(keep_special, render_special)
 
         def run(g: Guest) -> bytes:
             tp = g.put(arr)
@@ -210,7 +210,7 @@ class WasmBackend:
         return self._locked(run)
 
     def token_piece(self, model: int, token: int, render_special: bool) -> bytes:
-        flags = _abi.TOK_PARSE_SPECIAL if render_special else 0
+        flags = _abi.tok_flags(False, render_special)
         return self._string_call("wl_token_piece", model, model, token, flags, cap=64)
 
     def chat_apply(self, model: int, template: str | None, messages: Sequence[tuple[str, str]],
