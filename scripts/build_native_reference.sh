@@ -21,7 +21,7 @@ jobs="${WASILLAMA_BUILD_JOBS:-$(nproc 2>/dev/null || sysctl -n hw.ncpu 2>/dev/nu
 cuda="${WASILLAMA_CUDA:-0}"
 case "$cuda" in 1|ON|on|yes|true) cuda=ON; build="$cache/native-ref/build-cuda" ;;
                  *) cuda=OFF; build="$cache/native-ref/build" ;; esac
-targets=(llama-bench llama-completion llama-simple llama-tokenize)
+targets=(llama-bench llama-completion llama-simple llama-tokenize llama-quantize)
 
 log() { printf '[build_native_reference] %s\n' "$*" >&2; }
 

@@ -74,8 +74,9 @@ def run_bench(model: Model, *, n_prompt: int = 512, n_gen: int = 128, repetition
 def run_llama_bench(binary: str, model_path: str, *, n_prompt: int, n_gen: int, repetitions: int,
                     threads: int, gpu_layers: int = 0) -> list[BenchResult]:
     """Run native llama-bench with the same shape of test; its per-repetition samples."""
+    ngl = 999 if gpu_layers < 0 else gpu_layers  # llama-bench has no "all layers" value
     cmd = [binary, "-m", model_path, "-p", str(n_prompt), "-n", str(n_gen), "-r", str(repetitions),
-           "-t", str(threads), "-ngl", str(gpu_layers), "-o", "json"]
+           "-t", str(threads), "-ngl", str(ngl), "-o", "json"]
     out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
     results = []
     for row in json.loads(out):
