@@ -16,7 +16,7 @@ import ctypes
 import os
 import threading
 from collections.abc import Sequence
-from dataclasses import dataclass, replace
+from dataclasses import replace
 
 import numpy as np
 import numpy.typing as npt
@@ -27,12 +27,6 @@ from wasillama.backend import Device, ModelSource, TokenArray
 from wasillama.errors import ChatTemplateError, ModelLoadError, WasillamaError
 
 from . import _ffi
-
-
-@dataclass
-class _ContextRecord:
-    n_vocab: int
-    abort_flag: int  # address of the shim's int32 abort flag
 
 
 def _i32_array(values: Sequence[int] | npt.ArrayLike, what: str) -> npt.NDArray[np.int32]:
@@ -54,8 +48,8 @@ class NativeBackend:
     def __init__(self, library: str | os.PathLike[str] | None = None) -> None:
         self._lib = _ffi.load(library)
         self._lock = threading.Lock()
-        self._models: dict[int, int] = {}  # handle -> n_vocab
-        self._contexts: dict[int, _ContextRecord] = {}
+        self._models: set[int] = set()
+        self._contexts: dict[int, int] = {}  # context -> address of the shim's int32 abort flag
         self._samplers: set[int] = set()
 
     # ---- plumbing -------------------------------------------------------------------------
@@ -86,7 +80,7 @@ class NativeBackend:
         with self._lock:
             samplers, self._samplers = list(self._samplers), set()
             contexts, self._contexts = list(self._contexts), {}
-            models, self._models = list(self._models), {}
+            models, self._models = list(self._models), set()
         for h in samplers:
             self._lib.wl_sampler_free(h)
         for h in contexts:
@@ -128,19 +122,14 @@ class NativeBackend:
             finally:
                 _ffi.SOURCES.remove(src)
         h = self._check(h, 0)
-        try:
-            n_vocab = self.model_info(h).n_vocab
-        except BaseException:
-            self._lib.wl_model_free(h)
-            raise
         with self._lock:
-            self._models[h] = n_vocab
+            self._models.add(h)
         return h
 
     def free_model(self, model: int) -> None:
         # The shim keeps the weights alive until the model's last context is freed.
         with self._lock:
-            self._models.pop(model, None)
+            self._models.discard(model)
         self._check(self._lib.wl_model_free(model), model)
 
     def model_info(self, model: int) -> ModelInfo:
@@ -223,15 +212,11 @@ class NativeBackend:
         try:
             flag = ctypes.c_void_p()
             self._check(self._lib.wl_context_abort_flag(ctx, ctypes.byref(flag)), ctx)
-            with self._lock:
-                n_vocab = self._models.get(model)
-            if n_vocab is None:
-                n_vocab = self.model_info(model).n_vocab
         except BaseException:
             self._lib.wl_context_free(ctx)
             raise
         with self._lock:
-            self._contexts[ctx] = _ContextRecord(n_vocab, flag.value or 0)
+            self._contexts[ctx] = flag.value or 0
         return ctx
 
     def free_context(self, ctx: int) -> None:
@@ -247,10 +232,10 @@ class NativeBackend:
     def set_abort(self, ctx: int, on: bool) -> None:
         """Raises (or lowers) the context's abort flag: the running decode stops with AbortedError."""
         with self._lock:  # held while writing, so free_context cannot free the flag under us
-            rec = self._contexts.get(ctx)
-            if rec is None or not rec.abort_flag:
+            addr = self._contexts.get(ctx)
+            if not addr:
                 raise _abi.error_for(_abi.E_HANDLE, f"invalid context handle {ctx}")
-            ctypes.c_int32.from_address(rec.abort_flag).value = int(on)
+            ctypes.c_int32.from_address(addr).value = int(on)
 
     def decode(self, ctx: int, tokens: TokenArray, pos: TokenArray | None = None,
                seq: TokenArray | None = None, logits: npt.NDArray[np.int8] | None = None) -> int:
@@ -273,14 +258,10 @@ class NativeBackend:
             out_a.ctypes.data if out_a is not None else None), ctx)
 
     def logits(self, ctx: int, idx: int = -1) -> npt.NDArray[np.float32]:
-        rec = self._contexts.get(ctx)
-        cap = rec.n_vocab if rec is not None else 0
-        out = np.empty(cap, dtype=np.float32)
-        n = self._check(self._lib.wl_logits(ctx, int(idx), out.ctypes.data if cap else None, cap), ctx)
-        if n > cap:
-            out = np.empty(n, dtype=np.float32)
-            n = self._check(self._lib.wl_logits(ctx, int(idx), out.ctypes.data, n), ctx)
-        return out[:n]
+        n_vocab = self._check(self._lib.wl_logits(ctx, int(idx), None, 0), ctx)  # size query
+        out = np.empty(n_vocab, dtype=np.float32)
+        self._check(self._lib.wl_logits(ctx, int(idx), out.ctypes.data, n_vocab), ctx)
+        return out
 
     def memory_clear(self, ctx: int) -> None:
         self._check(self._lib.wl_memory_clear(ctx), ctx)

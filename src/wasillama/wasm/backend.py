@@ -21,6 +21,7 @@ from .._abi import ContextParams, ModelInfo, ModelParams, SamplerParams
 from ..backend import Device, ModelSource, TokenArray
 from ..errors import (
     BackendError,
+    ChatTemplateError,
     ClosedError,
     InvalidArgumentError,
     ModelLoadError,
@@ -69,18 +70,7 @@ class WasmBackend:
                 self._guest.close()
 
     def _string_call(self, name: str, handle: int, *args: int, cap: int = 1024) -> bytes:
-        """A shim call that fills (buf, cap) and returns the full length: grow and retry."""
-
-        def run(g: Guest) -> bytes:
-            size = cap
-            while True:
-                with g.scratch(size) as buf:
-                    n = g.check(name, handle, *args, buf, size)
-                    if n <= size:
-                        return g.read(buf, n)
-                size = n
-
-        return self._locked(run)
+        return self._locked(lambda g: g.fill(name, handle, *args, cap=cap))
 
     def last_error(self, handle: int) -> str:
         return self._locked(lambda g: g.last_error(handle))
@@ -153,17 +143,9 @@ class WasmBackend:
         def run(g: Guest) -> str | None:
             name_p = g.put((name or "").encode() + b"\0")
             try:
-                size = 4096
-                while True:
-                    with g.scratch(size) as buf:
-                        n = int(g.call("wl_model_chat_template", model, name_p, buf, size))
-                        if n == _abi.E_TEMPLATE:
-                            return None
-                        if n < 0:
-                            raise _abi.error_for(n, g.last_error(model))
-                        if n <= size:
-                            return g.read(buf, n).decode("utf-8", "replace")
-                    size = n
+                return g.fill("wl_model_chat_template", model, model, name_p, cap=4096).decode("utf-8", "replace")
+            except ChatTemplateError:
+                return None
             finally:
                 g.free(name_p)
 
@@ -177,13 +159,8 @@ class WasmBackend:
         def run(g: Guest) -> TokenArray:
             tp = g.put(text)
             try:
-                cap = len(text) + 8
-                while True:
-                    with g.scratch(4 * cap) as out:
-                        n = g.check("wl_tokenize", model, model, tp, len(text), flags, out, cap)
-                        if n <= cap:
-                            return g.read_array(out, n, np.int32)
-                    cap = n
+                raw = g.fill("wl_tokenize", model, model, tp, len(text), flags, cap=len(text) + 8, itemsize=4)
+                return np.frombuffer(raw, dtype=np.int32).copy()
             finally:
                 g.free(tp)
 
@@ -197,13 +174,7 @@ class WasmBackend:
         def run(g: Guest) -> bytes:
             tp = g.put(arr)
             try:
-                size = 8 * len(arr) + 64
-                while True:
-                    with g.scratch(size) as buf:
-                        n = g.check("wl_detokenize", model, model, tp, len(arr), flags, buf, size)
-                        if n <= size:
-                            return g.read(buf, n)
-                    size = n
+                return g.fill("wl_detokenize", model, model, tp, len(arr), flags, cap=8 * len(arr) + 64)
             finally:
                 g.free(tp)
 
@@ -221,14 +192,9 @@ class WasmBackend:
             mp = g.put(packed)
             tp = g.put(template.encode() + b"\0") if template is not None else 0
             try:
-                size = 2 * len(packed) + 1024
-                while True:
-                    with g.scratch(size) as buf:
-                        n = g.check("wl_chat_apply", model, model, tp, mp, len(packed), len(messages),
-                                    int(add_assistant), buf, size)
-                        if n <= size:
-                            return g.read(buf, n).decode("utf-8", "replace")
-                    size = n
+                out = g.fill("wl_chat_apply", model, model, tp, mp, len(packed), len(messages), int(add_assistant),
+                             cap=2 * len(packed) + 1024)
+                return out.decode("utf-8", "replace")
             finally:
                 g.free(mp)
                 g.free(tp)

@@ -91,6 +91,16 @@ class Guest:
             raise error_for(rc, self.last_error(handle if rc != -1 else 0))
         return rc
 
+    def fill(self, name: str, handle: int, *args: int, cap: int, itemsize: int = 1) -> bytes:
+        """Call a shim function that writes up to `cap` items into a buffer (its last two
+        arguments) and returns how many it has in all: grow the buffer and retry until they fit."""
+        while True:
+            with self.scratch(cap * itemsize) as buf:
+                n = self.check(name, handle, *args, buf, cap)
+                if n <= cap:
+                    return self.read(buf, n * itemsize)
+            cap = n
+
     def last_error(self, handle: int) -> str:
         with self.scratch(4096) as buf:
             n = int(self.call("wl_last_error", handle, buf, 4096))
