@@ -10,6 +10,9 @@
 #        WASILLAMA_BUILD_JOBS=N   parallel compile jobs (default: nproc)
 #        WASILLAMA_CUDA=1         also build the CUDA backend (into .cache/native-ref/build-cuda)
 #        WASILLAMA_BUILD_CACHE    cache folder (default: <repo>/.cache)
+#        WASILLAMA_AMX=1          keep the AMX that -march=native turns on where the CPU lists it
+#                                 (default off: ggml's AMX matmul dies with SIGILL on some VMs that
+#                                 grant AMX, upstream llama-bench included; docs/native.md)
 #
 # Targets: llama-bench, llama-completion (this version's classic CLI; llama-cli needs the server
 # build), llama-simple, llama-tokenize.
@@ -29,7 +32,14 @@ src="$("$root/scripts/llama_cpp_source.sh")"
 commit="$(cat "$root/wasm/LLAMA_CPP_COMMIT" 2>/dev/null || echo unknown)"
 bin="$build/bin"
 stamp="$build/.wasillama-stamp"
-want="src=$src commit=$commit native=ON cuda=$cuda targets=${targets[*]}"
+amx="${WASILLAMA_AMX:-0}"
+no_amx=()
+if [ "$amx" != 1 ] && [ "$(uname -m)" = x86_64 ]; then
+    # GCC and clang let an explicit -mno-* win over what -march=native implies, in any order.
+    no_amx=(-DCMAKE_C_FLAGS="-mno-amx-tile -mno-amx-int8 -mno-amx-bf16"
+            -DCMAKE_CXX_FLAGS="-mno-amx-tile -mno-amx-int8 -mno-amx-bf16")
+fi
+want="src=$src commit=$commit native=ON amx=$amx cuda=$cuda targets=${targets[*]}"
 
 if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ]; then
     ok=1
@@ -59,7 +69,7 @@ cmake -S "$src" -B "$build" "${generator[@]}" \
     -DCMAKE_BUILD_TYPE=Release \
     -DLLAMA_BUILD_NUMBER=0 -DLLAMA_BUILD_COMMIT="$commit" \
     -DBUILD_SHARED_LIBS=OFF -DGGML_NATIVE=ON -DGGML_BACKEND_DL=OFF -DGGML_CCACHE=OFF \
-    "${cuda_args[@]}" \
+    "${cuda_args[@]}" "${no_amx[@]}" \
     -DLLAMA_BUILD_COMMON=ON -DLLAMA_BUILD_TOOLS=ON -DLLAMA_BUILD_EXAMPLES=ON \
     -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_SERVER=OFF -DLLAMA_BUILD_APP=OFF \
     -DLLAMA_OPENSSL=OFF -DLLAMA_CURL=OFF >"$build/cmake.log" 2>&1 || {

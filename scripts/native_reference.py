@@ -6,6 +6,10 @@ plugin: `pip install ./native_fallback`), run on the CPU. tests/test_parity.py c
 wasm backend produces exactly these tokens, and, where the plugin is installed, that a live
 native run still does too.
 
+The native plugin runs the CPU variant REFERENCE_VARIANT (AVX2, 8 float lanes): any x86-64 CPU
+from the last ten years can run it again, so the reference does not depend on the machine that
+made it (variants with other lane widths sum in another order; see docs/parity.md).
+
 Usage: python scripts/native_reference.py
 """
 
@@ -13,6 +17,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -21,12 +26,15 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))
 
 from parity_cases import CASES, materialize  # noqa: E402
-
 from wasillama import Model  # noqa: E402
+
+REFERENCE_VARIANT = "haswell"
 
 
 def main() -> None:
-    out: dict[str, Any] = {"generator": "scripts/native_reference.py", "backend": "native (CPU)", "cases": {}}
+    os.environ["WASILLAMA_CPU_VARIANT"] = REFERENCE_VARIANT  # read when the plugin loads, below
+    out: dict[str, Any] = {"generator": "scripts/native_reference.py", "backend": "native (CPU)",
+                           "cpu_variant": REFERENCE_VARIANT, "cases": {}}
     for case in CASES:
         path = materialize(case, ROOT / ".cache" / "parity")
         with Model.load(path, backend="native", trust_model=True) as model, model.new_context(n_ctx=512) as ctx:

@@ -10,6 +10,7 @@
 
 #include <algorithm>
 #include <atomic>
+#include <cerrno>
 #include <cstdio>
 #include <cstring>
 #include <map>
@@ -19,6 +20,11 @@
 #include <stdexcept>
 #include <string>
 #include <vector>
+
+#if defined(WL_BACKEND_DL)
+#include <dirent.h>
+#include <dlfcn.h>
+#endif
 
 #if defined(__wasm__)
 #define WL_EXPORT(name) __attribute__((export_name(#name), used))
@@ -409,7 +415,133 @@ WL_EXPORT(wl_set_host) int32_t wl_set_host(wl_host_read_fn read_fn, wl_host_log_
     g_log_fn  = log_fn;
     return 0;
 }
+
+}  // extern "C"
+
+#ifndef WL_CPU_BUILD
+#define WL_CPU_BUILD "builtin"
 #endif
+
+namespace {
+
+// "FEATURE=value\n" for each feature the CPU backend reports (the instruction sets it was compiled for).
+std::string cpu_features() {
+    for (size_t i = 0; i < ggml_backend_reg_count(); i++) {
+        ggml_backend_reg_t reg = ggml_backend_reg_get(i);
+        if (strcmp(ggml_backend_reg_name(reg), "CPU") != 0) continue;
+        auto get = (ggml_backend_get_features_t) ggml_backend_reg_get_proc_address(reg, "ggml_backend_get_features");
+        std::string out;
+        for (ggml_backend_feature * f = get ? get(reg) : nullptr; f && f->name; f++) {
+            out += std::string(f->name) + "=" + f->value + "\n";
+        }
+        return out;
+    }
+    throw wl_error(WL_E_UNSUPPORTED, "no CPU backend is registered");
+}
+
+#if defined(WL_BACKEND_DL)
+struct cpu_variant {
+    std::string name, path;
+    int score;  // ggml_backend_score(): 0 = this CPU lacks an instruction set the variant needs
+};
+
+bool has_affix(const std::string & s, const std::string & prefix, const std::string & suffix) {
+    return s.size() > prefix.size() + suffix.size() && s.compare(0, prefix.size(), prefix) == 0 &&
+           s.compare(s.size() - suffix.size(), suffix.size(), suffix) == 0;
+}
+
+std::vector<std::string> module_files(const std::string & dir, const std::string & prefix) {
+    std::vector<std::string> names;
+    DIR * d = opendir(dir.c_str());
+    if (!d) throw wl_error(WL_E_UNSUPPORTED, "cannot list the backend folder " + dir + ": " + strerror(errno));
+    while (const dirent * e = readdir(d)) {
+        if (has_affix(e->d_name, prefix, ".so")) names.emplace_back(e->d_name);
+    }
+    closedir(d);
+    std::sort(names.begin(), names.end());
+    return names;
+}
+
+// Every CPU variant in `dir` with its score. The score function is compiled without the variant's
+// instruction sets (ggml's cpu-feats), so asking is safe on any CPU of the architecture.
+std::vector<cpu_variant> cpu_variants(const std::string & dir) {
+    const std::string prefix = "libggml-cpu-";
+    std::vector<cpu_variant> out;
+    for (const std::string & file : module_files(dir, prefix)) {
+        cpu_variant v{file.substr(prefix.size(), file.size() - prefix.size() - 3), dir + "/" + file, 0};
+        if (void * h = dlopen(v.path.c_str(), RTLD_NOW | RTLD_LOCAL)) {
+            if (auto score = (int (*)(void)) dlsym(h, "ggml_backend_score")) v.score = score();
+            dlclose(h);
+        }
+        out.push_back(std::move(v));
+    }
+    return out;
+}
+
+std::string load_cpu_variant(const std::string & dir, const std::string & wanted) {
+    const std::vector<cpu_variant> all = cpu_variants(dir);
+    std::string names;
+    for (const cpu_variant & v : all) names += (names.empty() ? "" : ", ") + v.name;
+    const cpu_variant * pick = nullptr;
+    for (const cpu_variant & v : all) {
+        if (wanted.empty() ? (v.score > 0 && (!pick || v.score > pick->score)) : v.name == wanted) pick = &v;
+    }
+    if (!pick && wanted.empty()) {
+        throw wl_error(WL_E_UNSUPPORTED, "none of the CPU variants in " + dir + " (" + (names.empty() ? "none" : names) +
+                                             ") can run on this CPU");
+    }
+    if (!pick) {
+        throw wl_error(WL_E_UNSUPPORTED, "no CPU variant '" + wanted + "' in " + dir + " (there are: " + names + ")");
+    }
+    if (pick->score <= 0) {
+        throw wl_error(WL_E_UNSUPPORTED, "CPU variant '" + wanted + "' needs instructions this CPU does not have");
+    }
+    if (!ggml_backend_load(pick->path.c_str())) {
+        throw wl_error(WL_E_INTERNAL, "ggml could not load the CPU variant " + pick->path);
+    }
+    return pick->name;
+}
+#endif
+
+std::mutex g_backends_mu;
+std::string g_backends_desc;  // what wl_backends_load loaded, once
+
+}  // namespace
+
+extern "C" {
+
+WL_EXPORT(wl_backends_load) int32_t wl_backends_load(const char * dir, const char * cpu_variant, char * buf, int32_t cap) {
+    return guarded(0, [&] {
+        const std::string wanted = cpu_variant ? cpu_variant : "";
+        std::lock_guard<std::mutex> lk(g_backends_mu);
+        if (!g_backends_desc.empty()) {
+            const std::string loaded = g_backends_desc.substr(0, g_backends_desc.find('\n'));
+            if (!wanted.empty() && wanted != loaded) {
+                throw wl_error(WL_E_ARG, "the CPU variant '" + loaded + "' is already loaded in this process");
+            }
+            return copy_out(g_backends_desc, buf, cap);
+        }
+#if defined(WL_BACKEND_DL)
+        require(dir && *dir, "wl_backends_load: no backend folder");
+        // GPU backends first (as ggml orders them); a module whose score is 0 is skipped by ggml.
+        for (const std::string & file : module_files(dir, "libggml-")) {
+            if (file.compare(0, 12, "libggml-cpu-") != 0) ggml_backend_load((std::string(dir) + "/" + file).c_str());
+        }
+        const std::string variant = load_cpu_variant(dir, wanted);
+#else
+        (void) dir;
+        const std::string variant = WL_CPU_BUILD;
+        if (!wanted.empty() && wanted != variant) {
+            throw wl_error(WL_E_UNSUPPORTED, "this build has its CPU code built in (" + variant +
+                                                 "); rebuild with WASILLAMA_CPU=dispatch to choose a variant");
+        }
+#endif
+        g_backends_desc = variant + "\n" + cpu_features();
+        return copy_out(g_backends_desc, buf, cap);
+    });
+}
+
+#endif  // !__wasm__
 
 // ---- models ----------------------------------------------------------------------------------
 

@@ -205,6 +205,15 @@ typedef int32_t (*wl_host_read_fn)(int32_t source, int64_t offset, void * dst, i
 typedef void (*wl_host_log_fn)(int32_t level, const char * text, int32_t len);
 #ifndef __wasm__
 int32_t wl_set_host(wl_host_read_fn read_fn, wl_host_log_fn log_fn);
+/* Registers ggml's compute backends; call once, after wl_init, before loading a model.
+ * A dispatch build (WASILLAMA_CPU=dispatch) keeps its CPU backend as one module per CPU variant
+ * (libggml-cpu-<variant>.so) in `dir`: this loads the variant named by `cpu_variant`, or when that
+ * is NULL or "" the best one this CPU can run (ggml's score: every instruction set the variant is
+ * compiled for must be present; none can run -> WL_E_UNSUPPORTED, never SIGILL), and any GPU
+ * backend modules in `dir`. Builds with the CPU code built in accept only NULL, "" or their own
+ * variant name ("native", "portable"). Writes "<variant>\n" then "FEATURE=value\n" for each
+ * feature of the CPU backend into buf; returns the full length. Later calls return the same. */
+int32_t wl_backends_load(const char * dir, const char * cpu_variant, char * buf, int32_t cap);
 #endif
 
 #ifdef __cplusplus

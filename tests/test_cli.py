@@ -6,6 +6,7 @@ from pathlib import Path
 
 from click.testing import CliRunner
 
+from helpers import native_available
 from wasillama import Model
 from wasillama.cli import main
 
@@ -58,3 +59,8 @@ def test_info_lists_backends() -> None:
     assert result.exit_code == 0, result.output
     assert "wasm: llama.wasm sha256" in result.output
     assert "native" in result.output
+    if native_available():  # the native line names the CPU variant and the instruction sets it uses
+        from wasillama_native import plugin
+
+        cpu = plugin.create().cpu
+        assert f"native: {cpu.describe()}" in result.output

@@ -15,6 +15,7 @@ import logging
 import os
 import threading
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -41,6 +42,7 @@ _SIGNATURES: dict[str, tuple[object, list[object]]] = {
     "wl_system_info": (i32, [ptr, i32]),
     "wl_devices": (i32, [ptr, i32]),
     "wl_set_host": (i32, [READ_FN, LOG_FN]),
+    "wl_backends_load": (i32, [cstr, cstr, ptr, i32]),
     "wl_model_load_host": (i32, [i32, i64, ptr, ptr, i32]),
     "wl_model_load_path": (i32, [cstr, ptr, ptr, i32]),
     "wl_model_free": (i32, [i32]),
@@ -237,11 +239,49 @@ def load(path: str | os.PathLike[str] | None = None) -> ctypes.CDLL:
         rc = lib.wl_init()
         if rc < 0:
             raise BackendUnavailableError(f"wl_init failed with status {rc}: {last_error(lib, 0)}")
+        _CPU[lib_path] = _load_backends(lib, Path(lib_path).parent)
         if _host_lib is None:
             _host_lib = lib
             atexit.register(_unregister_at_exit)
         _loaded[lib_path] = lib
         return lib
+
+
+@dataclass(frozen=True)
+class CpuInfo:
+    """The CPU code the library runs: its variant and the instruction sets that variant uses."""
+
+    variant: str                 # a ggml variant tag ("icelake", "haswell", "x64", ...), or "native"/"portable"
+    features: dict[str, str]     # ggml's CPU backend features, e.g. {"AVX2": "1", "AVX512": "1", ...}
+
+    def describe(self) -> str:
+        used = [name for name, value in self.features.items() if value not in ("", "0")]
+        return f"CPU variant {self.variant} ({', '.join(used) or 'baseline ISA'})"
+
+
+_CPU: dict[str, CpuInfo] = {}
+
+
+def _load_backends(lib: ctypes.CDLL, folder: Path) -> CpuInfo:
+    """Registers the compute backends: in a dispatch build, the best CPU variant this CPU can run
+    (or the one ``WASILLAMA_CPU_VARIANT`` names) and the GPU modules next to the library."""
+    wanted = os.environ.get("WASILLAMA_CPU_VARIANT", "")
+    try:
+        text = read_string(lambda buf, cap: lib.wl_backends_load(os.fsencode(folder), wanted.encode(), buf, cap),
+                           4096).decode("utf-8", "replace")
+    except StatusError as e:
+        raise BackendUnavailableError(f"the native backend cannot run here: {last_error(lib, 0)}") from e
+    variant, _, rest = text.partition("\n")
+    features = dict(line.partition("=")[::2] for line in rest.splitlines() if line)
+    return CpuInfo(variant, features)
+
+
+def cpu_info(lib: ctypes.CDLL) -> CpuInfo:
+    """What `load` registered for this library."""
+    for path, loaded in _loaded.items():
+        if loaded is lib:
+            return _CPU[path]
+    raise KeyError("library not loaded by wasillama_native._ffi.load")
 
 
 def last_error(lib: ctypes.CDLL, handle: int) -> str:
@@ -274,4 +314,5 @@ class StatusError(Exception):
         self.status = status
 
 
-__all__ = ["LLAMA_LOGGER", "SOURCES", "StatusError", "last_error", "library_path", "load", "read_string"]
+__all__ = ["LLAMA_LOGGER", "SOURCES", "CpuInfo", "StatusError", "cpu_info", "last_error", "library_path", "load",
+           "read_string"]

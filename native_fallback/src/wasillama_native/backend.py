@@ -94,8 +94,14 @@ class NativeBackend:
     def devices(self) -> list[Device]:
         return Device.parse_all(self._string(0, self._lib.wl_devices, 1024).decode("utf-8", "replace"))
 
+    @property
+    def cpu(self) -> _ffi.CpuInfo:
+        """The CPU variant this process runs and the instruction sets it uses."""
+        return _ffi.cpu_info(self._lib)
+
     def system_info(self) -> str:
-        return self._string(0, self._lib.wl_system_info, 1024).decode("utf-8", "replace")
+        info = self._string(0, self._lib.wl_system_info, 1024).decode("utf-8", "replace")
+        return f"{self.cpu.describe()} | {info}"
 
     # ---- models ---------------------------------------------------------------------------
 
