@@ -32,9 +32,9 @@ def main() -> None:
     case = next(c for c in CASES if c["id"] == sys.argv[1])
     try:
         tokens = greedy(case, sys.argv[2], "native")
-        from wasillama_native import plugin
+        from wasillama_native import cpu_info
 
-        cpu = plugin.create().cpu
+        cpu = cpu_info()
         print(json.dumps({"variant": cpu.variant, "features": cpu.features, "tokens": tokens}))
     except WasillamaError as e:
         print(json.dumps({"error": type(e).__name__, "message": str(e)}))

@@ -60,7 +60,7 @@ def test_info_lists_backends() -> None:
     assert "wasm: llama.wasm sha256" in result.output
     assert "native" in result.output
     if native_available():  # the native line names the CPU variant and the instruction sets it uses
-        from wasillama_native import plugin
+        from wasillama_native import cpu_info
 
-        cpu = plugin.create().cpu
+        cpu = cpu_info()
         assert f"native: {cpu.describe()}" in result.output

@@ -94,23 +94,23 @@ needs_x86_linux = pytest.mark.skipif(not (sys.platform == "linux" and os.uname()
 
 def test_amx_is_off_by_default() -> None:
     """Unless the build asked for it (WASILLAMA_AMX=1), no AMX variant ships and none is used."""
-    from wasillama_native import plugin
+    from wasillama_native import cpu_info
 
     if os.environ.get("WASILLAMA_AMX") == "1":
         pytest.skip("this environment builds with WASILLAMA_AMX=1")
     assert build_info()["amx"] is False
     assert "sapphirerapids" not in shipped_variants()
-    assert "AMX_INT8" not in plugin.create().cpu.features
+    assert "AMX_INT8" not in cpu_info().features
 
 
 @needs_x86_linux
 @needs_dispatch
 def test_loads_the_best_variant_this_cpu_runs() -> None:
-    from wasillama_native import plugin
+    from wasillama_native import cpu_info, plugin
 
     flags = cpu_flags()
     expected = max((v for v in shipped_variants() if runs_here(v, flags)), key=score)
-    cpu = plugin.create().cpu
+    cpu = cpu_info()
     assert cpu.variant == expected
     for feat in VARIANT_FEATURES[expected]:
         if feat not in ("SSE42", "AMX_TILE"):  # ggml reports neither by that name

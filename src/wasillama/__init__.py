@@ -7,7 +7,6 @@
 
 import logging
 
-from ._abi import ModelInfo
 from .context import Context, TextStream
 from .errors import (
     AbortedError,
@@ -27,6 +26,7 @@ from .errors import (
 )
 from .model import Model
 from .results import GenerationResult, Timings
+from .shim.abi import ModelInfo
 
 __version__ = "0.1.0"
 

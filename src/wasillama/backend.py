@@ -1,9 +1,10 @@
 """The Backend protocol: the shim's ABI in Python terms, and where backends are found.
 
 This is the cut between the public API (Model, Context) and the machinery that runs llama.cpp:
-only ints, bytes, strings and numpy arrays cross it. Two implementations exist: the wasm backend
-(wasmtime, sandboxed, always available) and the native backend (the `wasillama-native` plugin,
-found through the ``wasillama.backends`` entry point group).
+only ints, bytes, strings and numpy arrays cross it. It has one implementation,
+`shim.backend.ShimBackend`, over a transport per backend: the wasm backend (wasmtime, sandboxed,
+always available, built in) and the native backend (the `wasillama-native` plugin). Both are
+found the same way, by name, through the ``wasillama.backends`` entry point group.
 
 Handles are plain ints that belong to one backend instance. A wasm backend instance is one
 sandbox (one wasmtime Store and Instance) and holds one model with its contexts; the native
@@ -23,8 +24,9 @@ from typing import Protocol
 import numpy as np
 import numpy.typing as npt
 
-from ._abi import ContextParams, ModelInfo, ModelParams, SamplerParams
 from .errors import BackendUnavailableError, ModelNotFoundError
+from .shim.abi import ContextParams, ModelInfo, ModelParams, SamplerParams
+from .shim.transport import Capabilities
 
 TokenArray = npt.NDArray[np.int32]
 Buffer = bytes | bytearray | memoryview | mmap.mmap
@@ -86,6 +88,7 @@ class Backend(Protocol):
 
     name: str
     sandboxed: bool
+    capabilities: Capabilities
 
     def close(self) -> None: ...
 
@@ -132,16 +135,24 @@ class Backend(Protocol):
 
 
 class BackendPlugin(Protocol):
-    """What a ``wasillama.backends`` entry point resolves to."""
+    """What a ``wasillama.backends`` entry point resolves to. Importing it must be cheap: the
+    backend's machinery (wasmtime, a native library) loads in `create`."""
 
     name: str
+    per_model: bool               # True: a fresh backend per model, closed with it; False: one shared
+    capabilities: Capabilities    # known before anything is loaded (backend choice uses it)
 
     def create(self) -> Backend: ...
 
 
+# The wasm backend ships with wasillama: found without package metadata (a source checkout).
+_BUILT_IN = {"wasm": metadata.EntryPoint("wasm", "wasillama.wasm:plugin", ENTRY_POINT_GROUP)}
+
+
 def installed_plugins() -> dict[str, metadata.EntryPoint]:
-    """Backend plugins registered through the entry point group, by name."""
-    return {ep.name: ep for ep in metadata.entry_points(group=ENTRY_POINT_GROUP)}
+    """Backend plugins by name: the built-in wasm backend and those registered through the entry
+    point group."""
+    return {**_BUILT_IN, **{ep.name: ep for ep in metadata.entry_points(group=ENTRY_POINT_GROUP)}}
 
 
 def load_plugin(name: str) -> BackendPlugin:

@@ -191,18 +191,12 @@ def bench(n_prompt: int, n_gen: int, repetitions: int, batch_size: int, threads:
 def info() -> None:
     """Available backends, the llama.cpp build and the wasm module cache."""
     from .backend import load_plugin
-    from .wasm import WasmBackend
     from .wasm.engine import compiled_module, module_cache_path, wasmtime_version
 
     compiled = compiled_module()
     click.echo(f"wasillama {__version__}, wasmtime {wasmtime_version()}")
     click.echo(f"wasm: llama.wasm sha256 {compiled.module_sha256[:16]}…, compiled module cache "
                f"{module_cache_path(compiled.module_sha256)}")
-    be = WasmBackend()
-    try:
-        click.echo(f"  {be.system_info().strip()}")
-    finally:
-        be.close()
 
     def show_devices(backend: Backend) -> None:
         for d in backend.devices():
@@ -214,8 +208,13 @@ def info() -> None:
         click.echo("native: not installed (pip install ./native_fallback)")
     for name in plugins:
         try:
-            nb = load_plugin(name).create()
-            click.echo(f"{name}: {nb.system_info().strip()}")
-            show_devices(nb)
+            plugin = load_plugin(name)
+            be = plugin.create()
+            try:
+                click.echo(f"{name}: {be.system_info().strip()}")
+                show_devices(be)
+            finally:
+                if plugin.per_model:
+                    be.close()
         except WasillamaError as e:
             click.echo(f"{name}: unavailable ({e})")

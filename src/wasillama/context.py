@@ -20,8 +20,6 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from . import _abi
-from ._abi import ContextParams, SamplerParams
 from .errors import (
     AbortedError,
     ClosedError,
@@ -31,6 +29,8 @@ from .errors import (
     WasillamaError,
 )
 from .results import FinishReason, GenerationResult, Timings
+from .shim import abi
+from .shim.abi import ContextParams, SamplerParams
 from .text import TextAssembler
 
 if TYPE_CHECKING:
@@ -39,9 +39,9 @@ if TYPE_CHECKING:
 Message = Mapping[str, str]
 
 _FINISH: dict[int, FinishReason] = {
-    _abi.STOP_EOG: "eos",
-    _abi.STOP_CTX_FULL: "context_full",
-    _abi.STOP_LENGTH: "length",
+    abi.STOP_EOG: "eos",
+    abi.STOP_CTX_FULL: "context_full",
+    abi.STOP_LENGTH: "length",
 }
 
 
@@ -253,9 +253,9 @@ class Context:
                 new_list = new.tolist()
                 out.extend(new_list)
                 # On a full context or a failed decode the last token never reached the cache.
-                self._cached.extend(new_list if why in (_abi.STOP_LENGTH, _abi.STOP_EOG) else new_list[:-1])
+                self._cached.extend(new_list if why in (abi.STOP_LENGTH, abi.STOP_EOG) else new_list[:-1])
                 if why < 0:  # the decode of a sampled token failed (e.g. aborted)
-                    raise _abi.error_for(why, self._backend.last_error(self._handle))
+                    raise abi.error_for(why, self._backend.last_error(self._handle))
                 for tok in new_list:
                     piece = text.push(self._model.token_piece(tok))
                     if piece:
@@ -265,7 +265,7 @@ class Context:
                 if text.stopped is not None:
                     finish = "stop"
                     break
-                if why != _abi.STOP_LENGTH:
+                if why != abi.STOP_LENGTH:
                     finish = _FINISH[why]
                     break
             tail = text.finish()

@@ -16,12 +16,10 @@ from collections.abc import Mapping, Sequence
 from functools import cached_property
 from typing import Literal
 
-from ._abi import ContextParams, ModelInfo, ModelParams
 from .backend import Backend, Buffer, ModelSource, installed_plugins, load_plugin
 from .context import Context
 from .errors import ClosedError, InvalidArgumentError, ModelLoadError, UnsupportedOptionError, WasillamaError
-from .wasm import WasmBackend
-from .wasm.backend import WASM32_MODEL_LIMIT
+from .shim.abi import ContextParams, ModelInfo, ModelParams
 
 log = logging.getLogger("wasillama")
 
@@ -33,7 +31,9 @@ def _choose_backend(requested: BackendName, source: ModelSource, gpu_layers: int
         return requested
     if requested != "auto":
         raise UnsupportedOptionError(f"unknown backend {requested!r}: use 'wasm', 'native' or 'auto'")
-    if "native" in installed_plugins() and (gpu_layers != 0 or source.size > WASM32_MODEL_LIMIT):
+    limit = load_plugin("wasm").capabilities.max_model_bytes
+    too_big = limit is not None and source.size > limit
+    if "native" in installed_plugins() and (gpu_layers != 0 or too_big):
         return "native"
     return "wasm"
 
@@ -72,23 +72,25 @@ class Model:
         log.info("loading %s with the %s backend", src.describe(), name)
         params = ModelParams(n_gpu_layers=gpu_layers, main_gpu=main_gpu, use_mmap=mmap, use_mlock=mlock,
                              vocab_only=vocab_only, check_tensors=check_tensors)
-        if name == "native":
-            if not trust_model:
-                raise UnsupportedOptionError(
-                    "the native backend runs llama.cpp without a sandbox: a malicious model file can "
-                    "compromise this process. Pass trust_model=True if you trust the file.")
-            native: Backend = load_plugin("native").create()
-            handle = native.load_model(src, params, tensor_split)
-            try:
-                return cls(native, handle, src, owns_backend=False)
-            except BaseException:
-                native.free_model(handle)
-                raise
-        wasm = WasmBackend()
+        plugin = load_plugin(name)
+        if not plugin.capabilities.sandboxed and not trust_model:
+            raise UnsupportedOptionError(
+                f"the {name} backend runs llama.cpp without a sandbox: a malicious model file can "
+                "compromise this process. Pass trust_model=True if you trust the file.")
+        be: Backend = plugin.create()
         try:
-            return cls(wasm, wasm.load_model(src, params, tensor_split), src, owns_backend=True)
+            handle = be.load_model(src, params, tensor_split)
         except BaseException:
-            wasm.close()  # the whole sandbox goes, and with it every handle in it
+            if plugin.per_model:
+                be.close()  # the whole sandbox goes, and with it every handle in it
+            raise
+        try:
+            return cls(be, handle, src, owns_backend=plugin.per_model)
+        except BaseException:
+            if plugin.per_model:
+                be.close()
+            else:
+                be.free_model(handle)
             raise
 
     # ---- lifecycle ---------------------------------------------------------------------------

@@ -2,6 +2,8 @@
 
 wasillama finds it through the ``wasillama.backends`` entry point (``native``), which resolves
 to `plugin`. Importing this package does not load the shared library; ``plugin.create()`` does.
+The plugin contributes a transport (`transport.CtypesTransport`); the backend over it is
+wasillama's own `ShimBackend`, shared by every native model of the process.
 """
 
 from __future__ import annotations
@@ -9,24 +11,25 @@ from __future__ import annotations
 import json
 import threading
 from functools import cache
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from ._ffi import library_path
+from wasillama.errors import BackendUnavailableError
+
+from .transport import CAPABILITIES, CpuInfo, library_path
 
 if TYPE_CHECKING:
-    from .backend import NativeBackend
+    from wasillama.shim.backend import ShimBackend
 
-__all__ = ["NativeBackend", "build_info", "library_path", "plugin"]
+__all__ = ["CpuInfo", "build_info", "cpu_info", "library_path", "plugin"]
 
 
 @cache
 def build_info() -> dict[str, Any]:
-    """How the library was built: llama.cpp commit, ABI version, cuda/metal/vulkan, CPU flags."""
-    path = Path(__file__).resolve().parent / "build_info.json"
+    """How the library was built: llama.cpp commit, ABI version, cuda/metal/vulkan, CPU flags
+    (build_info.json next to the library this package loads)."""
     try:
-        info: dict[str, Any] = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
+        info: dict[str, Any] = json.loads(library_path().with_name("build_info.json").read_text(encoding="utf-8"))
+    except (OSError, BackendUnavailableError):
         return {}
     return info
 
@@ -35,18 +38,22 @@ class _Plugin:
     """What the ``wasillama.backends`` entry point resolves to."""
 
     name = "native"
+    per_model = False
+    capabilities = CAPABILITIES
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
-        self._backend: NativeBackend | None = None
+        self._backend: ShimBackend | None = None
 
-    def create(self) -> NativeBackend:
-        """The process-wide NativeBackend (loads the library on first use)."""
+    def create(self) -> ShimBackend:
+        """The process-wide native backend (loads the library on first use)."""
         with self._lock:
             if self._backend is None:
-                from .backend import NativeBackend
+                from wasillama.shim.backend import ShimBackend
 
-                self._backend = NativeBackend()
+                from .transport import CtypesTransport
+
+                self._backend = ShimBackend(CtypesTransport())
             return self._backend
 
     def __repr__(self) -> str:
@@ -56,9 +63,9 @@ class _Plugin:
 plugin = _Plugin()
 
 
-def __getattr__(name: str) -> Any:
-    if name == "NativeBackend":
-        from .backend import NativeBackend
+def cpu_info() -> CpuInfo:
+    """The CPU variant this process runs and the instruction sets it uses (loads the library)."""
+    from .transport import load
 
-        return NativeBackend
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    plugin.create()
+    return load().cpu

@@ -1,7 +1,8 @@
-"""The shim's C ABI in Python terms: status codes, flags and the parameter struct layouts.
+"""The shim's C ABI in Python terms: functions, status codes, flags and the struct layouts.
 
-Mirrors shim/wasillama.h. The structs hold only fixed-width little-endian scalars, so the same
-bytes are valid in the wasm32 guest and in the native library.
+Mirrors shim/wasillama.h (tests/test_abi.py holds the two together, and against the exports of
+wasm/llama.wasm). The structs hold only fixed-width little-endian scalars, so the same bytes are
+valid in the wasm32 guest and in the native library.
 """
 
 from __future__ import annotations
@@ -10,9 +11,52 @@ import struct
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from . import errors
+from .. import errors
 
 ABI_VERSION = 1
+
+# Every function of the ABI: its parameters' kinds, in order. Each returns an int32 status.
+# "ptr" is an address in the transport's memory (a guest offset in wasm, a host address natively).
+FUNCTIONS: dict[str, tuple[str, ...]] = {
+    "wl_abi_version": (),
+    "wl_init": (),
+    "wl_last_error": ("i32", "ptr", "i32"),
+    "wl_system_info": ("ptr", "i32"),
+    "wl_devices": ("ptr", "i32"),
+    "wl_model_load_host": ("i32", "i64", "ptr", "ptr", "i32"),
+    "wl_model_load_path": ("ptr", "ptr", "ptr", "i32"),
+    "wl_model_free": ("i32",),
+    "wl_model_info_get": ("i32", "ptr"),
+    "wl_model_meta": ("i32", "ptr", "ptr", "i32"),
+    "wl_model_meta_count": ("i32",),
+    "wl_model_meta_key": ("i32", "i32", "ptr", "i32"),
+    "wl_model_meta_value": ("i32", "i32", "ptr", "i32"),
+    "wl_model_desc": ("i32", "ptr", "i32"),
+    "wl_model_chat_template": ("i32", "ptr", "ptr", "i32"),
+    "wl_tokenize": ("i32", "ptr", "i32", "i32", "ptr", "i32"),
+    "wl_detokenize": ("i32", "ptr", "i32", "i32", "ptr", "i32"),
+    "wl_token_piece": ("i32", "i32", "i32", "ptr", "i32"),
+    "wl_token_is_eog": ("i32", "i32"),
+    "wl_chat_apply": ("i32", "ptr", "ptr", "i32", "i32", "i32", "ptr", "i32"),
+    "wl_context_new": ("i32", "ptr"),
+    "wl_context_free": ("i32",),
+    "wl_context_info": ("i32", "ptr", "i32"),
+    "wl_context_abort_flag": ("i32", "ptr"),
+    "wl_decode": ("i32", "ptr", "i32", "ptr", "ptr", "ptr"),
+    "wl_logits": ("i32", "i32", "ptr", "i32"),
+    "wl_memory_clear": ("i32",),
+    "wl_memory_seq_rm": ("i32", "i32", "i32", "i32"),
+    "wl_memory_seq_pos_next": ("i32", "i32"),
+    "wl_sampler_new": ("i32", "ptr"),
+    "wl_sampler_free": ("i32",),
+    "wl_sampler_reset": ("i32",),
+    "wl_sampler_accept": ("i32", "ptr", "i32"),
+    "wl_generate": ("i32", "i32", "i32", "i32", "ptr", "ptr"),
+    # native builds only (host services are imports of the wasm module; its CPU code is built in)
+    "wl_set_host": ("ptr", "ptr"),
+    "wl_backends_load": ("ptr", "ptr", "ptr", "i32"),
+}
+NATIVE_ONLY = frozenset({"wl_set_host", "wl_backends_load"})  # not exported by llama.wasm
 
 E_HANDLE = -1
 E_ARG = -2

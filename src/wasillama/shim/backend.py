@@ -1,0 +1,431 @@
+"""ShimBackend: the Backend protocol, every shim call written once, over a Transport.
+
+The wasm backend is ``ShimBackend(WasmTransport())`` — one sandbox, one model and its contexts —
+and the native plugin is ``ShimBackend(CtypesTransport(library))``, shared by every native model
+of the process. What differs between them is the transport and its `Capabilities`; nothing here
+asks which backend it is.
+
+Threads: the transport's lock is held for each call sequence (alloc, call, read, free). In wasm
+that serialises every call into one sandbox; natively it is a no-op and calls run in parallel
+(a context and its samplers are used by one thread at a time: Context enforces it).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import struct
+import threading
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import replace
+from typing import TypeVar
+
+import numpy as np
+import numpy.typing as npt
+
+from ..backend import Device, ModelSource, TokenArray
+from ..errors import (
+    BackendError,
+    ChatTemplateError,
+    ClosedError,
+    InvalidArgumentError,
+    ModelLoadError,
+    ModelTooLargeError,
+    UnsupportedOptionError,
+)
+from . import abi
+from .abi import ContextParams, ModelInfo, ModelParams, SamplerParams
+from .transport import Transport
+
+T = TypeVar("T")
+_I32 = (-(2**31), 2**31 - 1)
+
+
+def i32(value: int, what: str) -> int:
+    """An int32 argument, or InvalidArgumentError (the same on every transport)."""
+    try:
+        v = int(value)
+    except (TypeError, ValueError) as e:
+        raise InvalidArgumentError(f"{what} must be an integer: {e}") from e
+    if not _I32[0] <= v <= _I32[1]:
+        raise InvalidArgumentError(f"{what} is out of the int32 range: {v}")
+    return v
+
+
+def i32_array(values: Sequence[int] | npt.ArrayLike, what: str) -> npt.NDArray[np.int32]:
+    """A one-dimensional int32 array, or InvalidArgumentError."""
+    try:
+        wide = np.asarray(values, dtype=np.int64)
+    except (OverflowError, ValueError, TypeError) as e:
+        raise InvalidArgumentError(f"{what} must be int32 values: {e}") from e
+    if wide.ndim != 1:
+        raise InvalidArgumentError(f"{what} must be one-dimensional")
+    if wide.size and (wide.min() < _I32[0] or wide.max() > _I32[1]):
+        raise InvalidArgumentError(f"{what} must be int32 values")
+    return np.ascontiguousarray(wide, dtype=np.int32)
+
+
+class ShimBackend:
+    """See `wasillama.backend.Backend`."""
+
+    def __init__(self, transport: Transport) -> None:
+        self._t = transport
+        self.name = transport.name
+        self.capabilities = transport.capabilities
+        self.sandboxed = transport.capabilities.sandboxed
+        self._closed = False
+        self._abort_lock = threading.Lock()
+        self._abort_flags: dict[int, int] = {}  # context -> host address of its int32 abort flag
+        with self._t.lock:
+            version = self._t.call("wl_abi_version")
+            if version != abi.ABI_VERSION:
+                raise BackendError(f"the {self.name} shim speaks ABI {version}, this wasillama needs "
+                                   f"{abi.ABI_VERSION}")
+            self._check("wl_init", 0)
+
+    @property
+    def transport(self) -> Transport:
+        return self._t
+
+    # ---- plumbing ----------------------------------------------------------------------------
+
+    def _locked(self, fn: Callable[[], T]) -> T:
+        with self._t.lock:
+            if self._closed:
+                raise ClosedError(f"the {self.name} backend was closed")
+            return fn()
+
+    def _check(self, name: str, handle: int, *args: int) -> int:
+        """A call that returns a status; a negative one raises its WasillamaError."""
+        rc = self._t.call(name, *args)
+        if rc < 0:
+            # The shim files errors of unknown handles under handle 0.
+            raise abi.error_for(rc, self._last_error(0 if rc == abi.E_HANDLE else handle))
+        return rc
+
+    def _last_error(self, handle: int) -> str:
+        with self._scratch(4096) as buf:
+            n = self._t.call("wl_last_error", handle, buf, 4096)
+            return self._t.read(buf, min(max(n, 0), 4096)).decode("utf-8", "replace")
+
+    @contextmanager
+    def _scratch(self, n: int) -> Iterator[int]:
+        p = self._t.alloc(max(n, 1))
+        try:
+            yield p
+        finally:
+            self._t.free(p)
+
+    @contextmanager
+    def _put(self, data: bytes | npt.NDArray[np.generic] | None) -> Iterator[int]:
+        """Copies data into transport memory for one call (None: a NULL pointer)."""
+        if data is None:
+            yield 0
+            return
+        raw = data.tobytes() if isinstance(data, np.ndarray) else data
+        with self._scratch(len(raw)) as p:
+            self._t.write(p, raw)
+            yield p
+
+    def _fill(self, name: str, handle: int, *args: int, cap: int, itemsize: int = 1) -> bytes:
+        """A call that writes up to `cap` items into a buffer (its last two arguments) and returns
+        how many it has in all: grow the buffer and retry until they fit."""
+        while True:
+            with self._scratch(cap * itemsize) as buf:
+                n = self._check(name, handle, *args, buf, cap)
+                if n <= cap:
+                    return self._t.read(buf, n * itemsize)
+            cap = n
+
+    def _string(self, name: str, handle: int, *args: int, cap: int = 1024) -> str:
+        return self._locked(lambda: self._fill(name, handle, *args, cap=cap)).decode("utf-8", "replace")
+
+    def close(self) -> None:
+        with self._t.lock, self._abort_lock:
+            if not self._closed:
+                self._closed = True
+                self._abort_flags.clear()
+                self._t.close()
+
+    def last_error(self, handle: int) -> str:
+        return self._locked(lambda: self._last_error(handle))
+
+    def system_info(self) -> str:
+        prefix = getattr(self._t, "info_prefix", "")
+        return prefix + self._string("wl_system_info", 0)
+
+    def devices(self) -> list[Device]:
+        return Device.parse_all(self._string("wl_devices", 0))
+
+    # ---- models ------------------------------------------------------------------------------
+
+    def _check_model_options(self, source: ModelSource, params: ModelParams, tensor_split: Sequence[float]) -> None:
+        caps = self.capabilities
+        if not caps.gpu and (params.n_gpu_layers != 0 or params.main_gpu != 0 or tensor_split):
+            raise UnsupportedOptionError(f"the {self.name} backend runs on the CPU: gpu_layers, main_gpu and "
+                                         "tensor_split need backend='native'")
+        if not caps.mlock and params.use_mlock:
+            raise UnsupportedOptionError(f"the {self.name} backend cannot mlock: its weights live in the "
+                                         "sandbox's memory")
+        if caps.max_model_bytes is not None and source.size > caps.max_model_bytes:
+            raise ModelTooLargeError(
+                f"the model is {source.size / 2**30:.2f} GiB; a wasm32 sandbox addresses 4 GiB in all "
+                f"(weights + KV cache + compute), so models above {caps.max_model_bytes / 2**30:.2f} GiB "
+                "need backend='native'")
+
+    def load_model(self, source: ModelSource, params: ModelParams, tensor_split: Sequence[float] = ()) -> int:
+        self._check_model_options(source, params, tensor_split)
+        try:
+            split = np.ascontiguousarray(tensor_split, dtype=np.float32).reshape(-1)
+        except (TypeError, ValueError) as e:
+            raise InvalidArgumentError(f"tensor_split must be a sequence of floats: {e}") from e
+        size = source.size
+        if size == 0:
+            raise ModelLoadError(f"cannot load a model from {source.describe()}: no bytes")
+
+        def run() -> int:
+            with self._put(params.pack()) as p, self._put(split if split.size else None) as sp:
+                if source.path is not None and self.capabilities.path_loads:
+                    with self._put(os.fsencode(source.path) + b"\0") as path:
+                        return self._check("wl_model_load_path", 0, path, p, sp, split.size)
+                # A file is read with pread, not mapped: a file that shrinks under a mapping
+                # raises SIGBUS, which would kill the host process.
+                f = open(source.path, "rb") if source.path is not None else None  # noqa: SIM115
+                sid = self._t.sources.add(f.fileno() if f is not None else source.buffer)  # type: ignore[arg-type]
+                try:
+                    return self._check("wl_model_load_host", 0, sid, size, p, sp, split.size)
+                except BackendError as e:
+                    if self._t.poisoned is None:
+                        raise
+                    raise ModelLoadError(f"llama.cpp aborted while loading {source.describe()}: the file is "
+                                         f"corrupt or hostile ({e})") from e
+                finally:
+                    self._t.sources.remove(sid)
+                    if f is not None:
+                        f.close()
+
+        return self._locked(run)
+
+    def free_model(self, model: int) -> None:
+        # The shim keeps the weights alive until the model's last context is freed.
+        self._locked(lambda: self._check("wl_model_free", model, i32(model, "model")))
+
+    def model_info(self, model: int) -> ModelInfo:
+        def run() -> ModelInfo:
+            with self._scratch(abi.MODEL_INFO.size) as p:
+                self._check("wl_model_info_get", model, i32(model, "model"), p)
+                return ModelInfo.unpack(self._t.read(p, abi.MODEL_INFO.size))
+
+        return self._locked(run)
+
+    def model_metadata(self, model: int) -> dict[str, str]:
+        def run() -> dict[str, str]:
+            n = self._check("wl_model_meta_count", model, i32(model, "model"))
+            out: dict[str, str] = {}
+            for i in range(n):
+                key = self._fill("wl_model_meta_key", model, model, i, cap=256)
+                out[key.decode("utf-8", "replace")] = self._fill("wl_model_meta_value", model, model, i,
+                                                                 cap=256).decode("utf-8", "replace")
+            return out
+
+        return self._locked(run)
+
+    def model_desc(self, model: int) -> str:
+        return self._string("wl_model_desc", model, i32(model, "model"))
+
+    def chat_template(self, model: int, name: str | None = None) -> str | None:
+        def run() -> str | None:
+            with self._put(name.encode() + b"\0" if name else None) as name_p:
+                try:
+                    return self._fill("wl_model_chat_template", model, model, name_p, cap=4096).decode(
+                        "utf-8", "replace")
+                except ChatTemplateError:
+                    return None
+
+        return self._locked(run)
+
+    # ---- vocabulary --------------------------------------------------------------------------
+
+    def tokenize(self, model: int, text: bytes, add_special: bool, parse_special: bool) -> TokenArray:
+        if isinstance(text, str):
+            text = text.encode("utf-8")
+        raw_text = bytes(text)
+        flags = abi.tok_flags(add_special, parse_special)
+
+        def run() -> TokenArray:
+            with self._put(raw_text) as tp:
+                raw = self._fill("wl_tokenize", model, i32(model, "model"), tp, len(raw_text), flags,
+                                 cap=len(raw_text) + 8, itemsize=4)
+                return np.frombuffer(raw, dtype=np.int32).copy()
+
+        return self._locked(run)
+
+    def detokenize(self, model: int, tokens: Sequence[int] | TokenArray, keep_special: bool,
+                   render_special: bool) -> bytes:
+        arr = i32_array(tokens, "tokens")
+        flags = abi.tok_flags(keep_special, render_special)
+
+        def run() -> bytes:
+            with self._put(arr) as tp:
+                return self._fill("wl_detokenize", model, i32(model, "model"), tp, arr.size, flags,
+                                  cap=8 * arr.size + 64)
+
+        return self._locked(run)
+
+    def token_piece(self, model: int, token: int, render_special: bool) -> bytes:
+        flags = abi.tok_flags(False, render_special)
+        return self._locked(lambda: self._fill("wl_token_piece", model, i32(model, "model"), i32(token, "token"),
+                                               flags, cap=64))
+
+    def token_is_eog(self, model: int, token: int) -> bool:
+        return bool(self._locked(lambda: self._check("wl_token_is_eog", model, i32(model, "model"),
+                                                     i32(token, "token"))))
+
+    def chat_apply(self, model: int, template: str | None, messages: Sequence[tuple[str, str]],
+                   add_assistant: bool) -> str:
+        packed = abi.pack_messages(messages)
+
+        def run() -> str:
+            with self._put(packed) as mp, self._put(template.encode() + b"\0" if template is not None else None) as tp:
+                return self._fill("wl_chat_apply", model, i32(model, "model"), tp, mp, len(packed), len(messages),
+                                  int(add_assistant), cap=2 * len(packed) + 1024).decode("utf-8", "replace")
+
+        return self._locked(run)
+
+    # ---- contexts ----------------------------------------------------------------------------
+
+    def new_context(self, model: int, params: ContextParams) -> int:
+        caps = self.capabilities
+        if caps.threads:
+            if params.n_threads <= 0 or params.n_threads_batch <= 0:  # 0 = every core, not llama.cpp's 4
+                cores = os.cpu_count() or 1
+                params = replace(params, n_threads=params.n_threads or cores,
+                                 n_threads_batch=params.n_threads_batch or cores)
+        elif params.n_threads > 1 or params.n_threads_batch > 1:
+            raise UnsupportedOptionError(
+                f"the {self.name} backend is single-threaded: n_threads must be 1 (or 0 for the default)")
+        if params.flash_attn == 1 and not caps.flash_attn:
+            raise UnsupportedOptionError("flash_attn is only available with backend='native'")
+
+        def run() -> int:
+            with self._put(params.pack()) as p:
+                ctx = self._check("wl_context_new", model, i32(model, "model"), p)
+            try:
+                with self._scratch(self._t.pointer_size) as p:
+                    self._check("wl_context_abort_flag", ctx, ctx, p)
+                    raw = self._t.read(p, self._t.pointer_size)
+                    flag = int.from_bytes(raw, "little")
+                host_addr = self._t.host_address(flag, 4)
+            except BaseException:
+                self._t.call("wl_context_free", ctx)
+                raise
+            with self._abort_lock:
+                self._abort_flags[ctx] = host_addr
+            return ctx
+
+        return self._locked(run)
+
+    def free_context(self, ctx: int) -> None:
+        with self._abort_lock:
+            self._abort_flags.pop(ctx, None)  # set_abort can no longer touch its flag
+        self._locked(lambda: self._check("wl_context_free", ctx, i32(ctx, "context")))
+
+    def context_info(self, ctx: int) -> tuple[int, int, int, int]:
+        def run() -> tuple[int, int, int, int]:
+            with self._scratch(16) as p:
+                self._check("wl_context_info", ctx, i32(ctx, "context"), p, 4)
+                a, b, c, d = struct.unpack("<4i", self._t.read(p, 16))
+                return a, b, c, d
+
+        return self._locked(run)
+
+    def set_abort(self, ctx: int, on: bool) -> None:
+        # Any thread, without the transport lock (the decode this interrupts holds it), and with
+        # no call into the shim: the flag's host address was found when the context was made
+        # (wasmtime never moves a 32-bit linear memory: it reserves the whole 4 GiB up front).
+        with self._abort_lock:  # held while writing, so free_context cannot free the flag under us
+            addr = self._abort_flags.get(ctx)
+            if addr is None:
+                raise ClosedError(f"invalid context handle {ctx}")
+            ctypes.c_int32.from_address(addr).value = int(on)
+
+    def decode(self, ctx: int, tokens: TokenArray, pos: TokenArray | None = None, seq: TokenArray | None = None,
+               logits: npt.NDArray[np.int8] | None = None) -> int:
+        tok = i32_array(tokens, "tokens")
+        extras: list[npt.NDArray[np.generic] | None] = []
+        for name, a in (("pos", pos), ("seq", seq)):
+            extras.append(i32_array(a, name) if a is not None else None)
+        extras.append(np.ascontiguousarray(logits, dtype=np.int8) if logits is not None else None)
+        for name, e in zip(("pos", "seq", "logits"), extras, strict=True):
+            if e is not None and e.shape != tok.shape:
+                raise InvalidArgumentError(f"{name} must have one entry per token ({tok.size})")
+
+        def run() -> int:
+            with self._put(tok) as tp, self._put(extras[0]) as pp, self._put(extras[1]) as sp, \
+                    self._put(extras[2]) as lp:
+                return self._check("wl_decode", ctx, i32(ctx, "context"), tp, tok.size, pp, sp, lp)
+
+        return self._locked(run)
+
+    def logits(self, ctx: int, idx: int = -1) -> npt.NDArray[np.float32]:
+        def run() -> npt.NDArray[np.float32]:
+            n_vocab = self._check("wl_logits", ctx, i32(ctx, "context"), i32(idx, "idx"), 0, 0)  # size query
+            with self._scratch(4 * n_vocab) as out:
+                self._check("wl_logits", ctx, ctx, idx, out, n_vocab)
+                return np.frombuffer(self._t.read(out, 4 * n_vocab), dtype=np.float32).copy()
+
+        return self._locked(run)
+
+    def memory_clear(self, ctx: int) -> None:
+        self._locked(lambda: self._check("wl_memory_clear", ctx, i32(ctx, "context")))
+
+    def memory_seq_rm(self, ctx: int, seq: int, p0: int, p1: int) -> None:
+        self._locked(lambda: self._check("wl_memory_seq_rm", ctx, i32(ctx, "context"), i32(seq, "seq"),
+                                         i32(p0, "p0"), i32(p1, "p1")))
+
+    def memory_seq_pos_max(self, ctx: int, seq: int) -> int:
+        return self._locked(lambda: self._check("wl_memory_seq_pos_next", ctx, i32(ctx, "context"),
+                                                i32(seq, "seq"))) - 1
+
+    # ---- samplers ----------------------------------------------------------------------------
+
+    def new_sampler(self, model: int, params: SamplerParams) -> int:
+        def run() -> int:
+            with self._put(params.pack()) as p:
+                return self._check("wl_sampler_new", model, i32(model, "model"), p)
+
+        return self._locked(run)
+
+    def free_sampler(self, sampler: int) -> None:
+        self._locked(lambda: self._check("wl_sampler_free", sampler, i32(sampler, "sampler")))
+
+    def sampler_reset(self, sampler: int) -> None:
+        self._locked(lambda: self._check("wl_sampler_reset", sampler, i32(sampler, "sampler")))
+
+    def sampler_accept(self, sampler: int, tokens: TokenArray) -> None:
+        arr = i32_array(tokens, "tokens")
+
+        def run() -> None:
+            with self._put(arr) as tp:
+                self._check("wl_sampler_accept", sampler, i32(sampler, "sampler"), tp, arr.size)
+
+        self._locked(run)
+
+    def generate(self, ctx: int, sampler: int, seq: int, max_tokens: int) -> tuple[TokenArray, int]:
+        n_max = i32(max_tokens, "max_tokens")
+        if n_max < 0:
+            raise InvalidArgumentError("max_tokens must not be negative")
+
+        def run() -> tuple[TokenArray, int]:
+            with self._scratch(4 * n_max + 4) as out:
+                stop_p = out + 4 * n_max
+                n = self._check("wl_generate", ctx, i32(ctx, "context"), i32(sampler, "sampler"), i32(seq, "seq"),
+                                n_max, out, stop_p)
+                stop = struct.unpack("<i", self._t.read(stop_p, 4))[0]
+                return np.frombuffer(self._t.read(out, 4 * n), dtype=np.int32).copy(), stop
+
+        return self._locked(run)
+
+
+__all__ = ["ShimBackend", "i32", "i32_array"]

@@ -1,0 +1,115 @@
+"""The host services the shim calls back into, written once for every transport.
+
+- `Sources`: the model bytes the host serves through ``host_read(source, offset, dst, n)``: an
+  open file read with ``pread`` (a file that shrinks under a mapping would SIGBUS the host; a
+  read just comes back short), or an in-memory buffer. Both ends are bounds-checked.
+- `LogSink`: llama.cpp's log, which arrives in pieces (level 5 continues the previous message),
+  reassembled into lines for the ``wasillama.llama`` logger; it keeps the last error line, which
+  explains a failure that has no message of its own (a trap, an abort inside llama.cpp).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import logging
+import mmap
+import os
+import threading
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+LLAMA_LOGGER = logging.getLogger("wasillama.llama")
+
+# ggml_log_level: NONE 0, DEBUG 1, INFO 2, WARN 3, ERROR 4, CONT 5 (continues the previous message)
+_LEVELS = {0: logging.INFO, 1: logging.DEBUG, 2: logging.INFO, 3: logging.WARNING, 4: logging.ERROR}
+LOG_CONT = 5
+
+
+class Sources:
+    """Byte sources by id, for ``host_read``. Thread-safe."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._next = 1
+        self._live: dict[int, npt.NDArray[np.uint8] | int] = {}  # a buffer, or a file descriptor
+
+    def add(self, source: int | bytes | bytearray | memoryview | mmap.mmap) -> int:
+        """Registers a file descriptor (read with pread) or a buffer (kept alive until `remove`)."""
+        data: npt.NDArray[np.uint8] | int
+        if isinstance(source, int):
+            data = source
+        else:
+            view = memoryview(source)
+            if not view.c_contiguous:
+                view = memoryview(view.tobytes())
+            data = np.frombuffer(view.cast("B") if view.ndim != 1 or view.format != "B" else view, dtype=np.uint8)
+        with self._lock:
+            sid = self._next
+            self._next = self._next + 1 if self._next < 2**31 - 1 else 1
+            self._live[sid] = data
+        return sid
+
+    def remove(self, sid: int) -> None:
+        # Dropping the last reference lets an mmap the caller passed close again.
+        with self._lock:
+            self._live.pop(sid, None)
+
+    def read(self, sid: int, offset: int, dst: int, n: int) -> int:
+        """Copies up to n bytes at `offset` of source `sid` to host address `dst`; the count, or -1."""
+        data = self._live.get(sid)
+        if data is None or offset < 0 or n < 0 or not dst:
+            return -1
+        if n == 0:
+            return 0
+        if isinstance(data, int):
+            try:
+                return os.preadv(data, [memoryview((ctypes.c_ubyte * n).from_address(dst)).cast("B")], offset)
+            except OSError:
+                return -1
+        k = max(0, min(n, data.size - offset))
+        if k:
+            ctypes.memmove(dst, data.ctypes.data + offset, k)
+        return k
+
+
+class _Pending(threading.local):
+    level: int = logging.INFO
+    text: str = ""
+
+
+class LogSink:
+    """llama.cpp's log pieces -> whole lines on the ``wasillama.llama`` logger. Never raises:
+    it runs inside a callback from C (or from the guest)."""
+
+    def __init__(self) -> None:
+        self._pending = _Pending()  # per thread: native threads log at once
+        self.last_error = ""
+
+    def write(self, level: int, data: bytes) -> None:
+        try:
+            p = self._pending
+            if level != LOG_CONT:
+                if p.text:  # a new message while the previous one never ended its line
+                    self._emit(p.level, p.text)
+                    p.text = ""
+                p.level = _LEVELS.get(level, logging.INFO)
+            *lines, p.text = (p.text + data.decode("utf-8", "replace")).split("\n")
+            for line in lines:
+                self._emit(p.level, line)
+        except BaseException:
+            pass
+
+    def _emit(self, level: int, line: str) -> None:
+        line = line.rstrip()
+        if not line:
+            return
+        if level >= logging.ERROR:
+            self.last_error = line
+        if LLAMA_LOGGER.isEnabledFor(level):
+            LLAMA_LOGGER.log(level, "%s", line)
+
+
+def as_bytes(data: bytes | bytearray | memoryview | npt.NDArray[Any]) -> bytes:
+    return data.tobytes() if isinstance(data, np.ndarray) else bytes(data)

@@ -1,0 +1,134 @@
+"""WasmTransport: one sandbox — a wasmtime Store + Instance of llama.wasm — and safe access to its memory.
+
+The guest gets WASI with no preopened directories, no environment, no arguments and no
+inherited stdio: it can read clocks and random bytes, nothing else. Model bytes reach it only
+through the `host_read` import (`shim.hostio.Sources`), which copies into guest memory after
+bounds-checking both sides. A wasmtime Store is not thread-safe, so every call sequence holds
+the instance's lock. A trap poisons the instance: its heap may be inconsistent, so every later
+call fails with BackendError instead of running on corrupt state.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import threading
+from typing import Any
+
+import wasmtime
+
+from ..errors import BackendError, OutOfMemoryError
+from ..shim.hostio import LogSink, Sources
+from . import CAPABILITIES
+from .engine import compiled_module
+
+
+class WasmTransport:
+    """A live llama.wasm instance."""
+
+    name = "wasm"
+    capabilities = CAPABILITIES
+    pointer_size = 4
+
+    def __init__(self, module: wasmtime.Module | None = None) -> None:
+        """A sandbox of llama.wasm (or of `module`, compiled with this package's engine)."""
+        compiled = compiled_module()
+        module = module or compiled.module
+        self._lock = threading.RLock()
+        self.store = wasmtime.Store(compiled.engine)
+        self.store.set_wasi(wasmtime.WasiConfig())  # nothing granted
+        self.sources = Sources()
+        self.log = LogSink()
+        self._poisoned: str | None = None
+
+        linker = wasmtime.Linker(compiled.engine)
+        linker.define_wasi()
+        i32, i64 = wasmtime.ValType.i32(), wasmtime.ValType.i64()
+        linker.define_func("wasillama", "host_read", wasmtime.FuncType([i32, i64, i32, i32], [i32]), self._host_read)
+        linker.define_func("wasillama", "host_log", wasmtime.FuncType([i32, i32, i32], []), self._host_log)
+        instance = linker.instantiate(self.store, module)
+        exports = instance.exports(self.store)
+        memory = exports["memory"]
+        assert isinstance(memory, wasmtime.Memory)
+        self.memory = memory
+        self._exports = exports
+        self._funcs: dict[str, wasmtime.Func] = {}
+        # A reactor runs its static constructors in _initialize (llama.cpp's tables live there).
+        self.call("_initialize")
+
+    @property
+    def lock(self) -> threading.RLock:
+        return self._lock
+
+    @property
+    def poisoned(self) -> str | None:
+        return self._poisoned
+
+    # ---- calls -------------------------------------------------------------------------------
+
+    def _func(self, name: str) -> wasmtime.Func:
+        f = self._funcs.get(name)
+        if f is None:
+            export = self._exports[name]
+            assert isinstance(export, wasmtime.Func)
+            f = self._funcs[name] = export
+        return f
+
+    def call(self, name: str, *args: int) -> int:
+        """Calls an export. Traps poison the instance and become BackendError."""
+        if self._poisoned is not None:
+            raise BackendError(f"the sandbox is unusable after an earlier failure: {self._poisoned}")
+        try:
+            result: Any = self._func(name)(self.store, *args)
+        except wasmtime.Trap as e:
+            why = f" after: {self.log.last_error}" if self.log.last_error else ""
+            self._poisoned = f"guest trapped in {name}{why} ({e.message.splitlines()[0]})"
+            raise BackendError(self._poisoned) from e
+        except wasmtime.WasmtimeError as e:
+            self._poisoned = f"guest failed in {name}: {e}"
+            raise BackendError(self._poisoned) from e
+        return int(result) if result is not None else 0
+
+    # ---- memory ------------------------------------------------------------------------------
+
+    def alloc(self, n: int) -> int:
+        p = self.call("malloc", max(n, 1))
+        if p == 0:
+            raise OutOfMemoryError(f"the sandbox could not allocate {n} bytes")
+        return p
+
+    def free(self, ptr: int) -> None:
+        if ptr and self._poisoned is None:
+            self.call("free", ptr)
+
+    def _view(self, ptr: int, n: int) -> ctypes.Array[ctypes.c_ubyte]:
+        """Host view of guest bytes [ptr, ptr+n), bounds-checked (the guest chooses ptr)."""
+        size = self.memory.data_len(self.store)
+        if ptr < 0 or n < 0 or ptr + n > size:
+            raise BackendError(f"guest pointer out of bounds: {ptr}+{n} > {size}")
+        return self.memory.get_buffer_ptr(self.store, n, ptr)
+
+    def host_address(self, ptr: int, n: int) -> int:
+        return ctypes.addressof(self._view(ptr, n))
+
+    def write(self, ptr: int, data: bytes) -> None:
+        if data:
+            ctypes.memmove(self._view(ptr, len(data)), data, len(data))
+
+    def read(self, ptr: int, n: int) -> bytes:
+        return bytes(self._view(ptr, n)) if n else b""
+
+    # ---- host services -------------------------------------------------------------------------
+
+    def _host_read(self, source: int, offset: int, dst: int, n: int) -> int:
+        try:
+            return self.sources.read(source, offset, self.host_address(dst, n), n)
+        except BackendError:
+            return -1
+
+    def _host_log(self, level: int, ptr: int, n: int) -> None:
+        with contextlib.suppress(BackendError):
+            self.log.write(level, self.read(ptr, n))
+
+    def close(self) -> None:
+        self._funcs.clear()

@@ -1,0 +1,108 @@
+"""The Python view of the ABI (wasillama.shim.abi) agrees with shim/wasillama.h and with what the
+shim builds export; a shim speaking another ABI version is refused, naming both versions."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+import wasmtime
+
+from helpers import native_available
+from wasillama.errors import BackendError
+from wasillama.shim import abi
+
+HEADER = (Path(__file__).resolve().parents[1] / "shim" / "wasillama.h").read_text()
+_C_SIZES = {"int32_t": 4, "uint32_t": 4, "float": 4, "int64_t": 8}
+
+
+def header_functions() -> dict[str, tuple[str, ...]]:
+    """Every `int32_t wl_*(...)` declaration, its parameters as "i32" / "i64" / "ptr"."""
+    out: dict[str, tuple[str, ...]] = {}
+    for name, params in re.findall(r"^int32_t\s+(wl_\w+)\s*\(([^)]*)\)\s*;", HEADER, re.MULTILINE):
+        kinds = []
+        for param in " ".join(params.split()).split(","):
+            param = param.strip()
+            if param in ("", "void"):
+                continue
+            if "*" in param or param.split()[0].endswith("_fn"):
+                kinds.append("ptr")
+            elif param.split()[0] == "int64_t":
+                kinds.append("i64")
+            else:
+                assert param.split()[0] == "int32_t", param
+                kinds.append("i32")
+        out[name] = tuple(kinds)
+    return out
+
+
+def header_defines(prefix: str) -> dict[str, int]:
+    return {m[0]: int(m[1]) for m in re.findall(rf"^#define\s+WL_({prefix}\w*)\s+\(?(-?\d+)\)?", HEADER, re.MULTILINE)}
+
+
+def header_struct_size(name: str) -> int:
+    body = re.search(rf"typedef struct {name} \{{(.*?)\}} {name};", HEADER, re.DOTALL)
+    assert body is not None, name
+    size = 0
+    for ctype, count in re.findall(r"^\s*(\w+)\s+\w+(?:\[(\d+)\])?\s*;", body[1], re.MULTILINE):
+        size += _C_SIZES[ctype] * int(count or 1)
+    return size
+
+
+def test_functions_match_the_header() -> None:
+    assert header_functions() == abi.FUNCTIONS
+
+
+def test_constants_match_the_header() -> None:
+    assert header_defines("ABI_VERSION") == {"ABI_VERSION": abi.ABI_VERSION}
+    errors = {k.removeprefix("E_"): v for k, v in header_defines("E_").items()}
+    assert errors == {k.removeprefix("E_"): getattr(abi, k) for k in dir(abi) if k.startswith("E_")}
+    assert header_defines("STOP_") == {k: getattr(abi, k) for k in dir(abi) if k.startswith("STOP_")}
+    assert header_defines("TOK_") == {k: getattr(abi, k) for k in dir(abi) if k.startswith("TOK_")}
+
+
+@pytest.mark.parametrize(("struct", "layout"), [
+    ("wl_model_params", abi.MODEL_PARAMS), ("wl_context_params", abi.CONTEXT_PARAMS),
+    ("wl_sampler_params", abi.SAMPLER_PARAMS), ("wl_model_info", abi.MODEL_INFO)])
+def test_struct_layouts_match_the_header(struct: str, layout: object) -> None:
+    assert header_struct_size(struct) == layout.size  # type: ignore[attr-defined]
+
+
+def test_the_wasm_module_exports_the_abi() -> None:
+    from wasillama.wasm.engine import compiled_module
+
+    wasm_kinds = {"i32": "i32", "ptr": "i32", "i64": "i64"}  # wasm32: pointers are i32
+    exports = {e.name: e.type for e in compiled_module().module.exports}
+    for name, params in abi.FUNCTIONS.items():
+        if name in abi.NATIVE_ONLY:
+            assert name not in exports, name
+            continue
+        ftype = exports[name]
+        assert isinstance(ftype, wasmtime.FuncType), name
+        assert [str(p) for p in ftype.params] == [wasm_kinds[k] for k in params], name
+        assert [str(r) for r in ftype.results] == ["i32"], name
+
+
+def test_a_module_of_another_abi_version_is_refused() -> None:
+    from wasillama.shim.backend import ShimBackend
+    from wasillama.wasm.engine import compiled_module
+    from wasillama.wasm.transport import WasmTransport
+
+    wat = """(module (memory (export "memory") 1)
+                (func (export "_initialize"))
+                (func (export "wl_abi_version") (result i32) i32.const 2))"""
+    module = wasmtime.Module(compiled_module().engine, wat)
+    with pytest.raises(BackendError, match=r"speaks ABI 2, this wasillama needs 1"):
+        ShimBackend(WasmTransport(module))
+
+
+@pytest.mark.skipif(not native_available(), reason="the wasillama-native plugin is not installed")
+def test_the_native_library_exports_the_abi() -> None:
+    import ctypes
+
+    from wasillama_native import library_path
+
+    lib = ctypes.CDLL(str(library_path()))
+    for name in abi.FUNCTIONS:
+        assert hasattr(lib, name), name
