@@ -14,7 +14,7 @@
 #                                 (default off: ggml's AMX matmul dies with SIGILL on some VMs that
 #                                 grant AMX, upstream llama-bench included; docs/native.md)
 #
-# Targets: llama-bench, llama-completion (this version's classic CLI; llama-cli needs the server
+# Targets: llama-bench, llama-batched-bench, llama-completion (this version's classic CLI; llama-cli needs the server
 # build), llama-simple, llama-tokenize.
 set -euo pipefail
 
@@ -24,7 +24,7 @@ jobs="${WASILLAMA_BUILD_JOBS:-$(nproc 2>/dev/null || sysctl -n hw.ncpu 2>/dev/nu
 cuda="${WASILLAMA_CUDA:-0}"
 case "$cuda" in 1|ON|on|yes|true) cuda=ON; build="$cache/native-ref/build-cuda" ;;
                  *) cuda=OFF; build="$cache/native-ref/build" ;; esac
-targets=(llama-bench llama-completion llama-simple llama-tokenize llama-quantize)
+targets=(llama-bench llama-batched-bench llama-completion llama-simple llama-tokenize llama-quantize)
 
 log() { printf '[build_native_reference] %s\n' "$*" >&2; }
 

@@ -784,13 +784,14 @@ WL_EXPORT(wl_context_free) int32_t wl_context_free(int32_t ctx) { return erase(r
 
 WL_EXPORT(wl_context_info) int32_t wl_context_info(int32_t ctx, int32_t * out, int32_t cap) {
     return guarded(ctx, [&] {
-        require(out && cap >= 4, "out needs room for 4 values");
+        require(out && cap >= 0, "invalid output buffer");
         auto c = lookup(reg().contexts, ctx, "context");
-        out[0] = (int32_t) llama_n_ctx(c->ctx);
-        out[1] = (int32_t) llama_n_batch(c->ctx);
-        out[2] = (int32_t) llama_n_ubatch(c->ctx);
-        out[3] = (int32_t) llama_n_seq_max(c->ctx);
-        return 4;
+        const int32_t values[] = {(int32_t) llama_n_ctx(c->ctx), (int32_t) llama_n_batch(c->ctx),
+                                  (int32_t) llama_n_ubatch(c->ctx), (int32_t) llama_n_seq_max(c->ctx),
+                                  (int32_t) llama_n_ctx_seq(c->ctx)};
+        const int32_t n = (int32_t) (sizeof values / sizeof values[0]);
+        for (int32_t i = 0; i < std::min(n, cap); i++) out[i] = values[i];
+        return n;
     });
 }
 
@@ -883,6 +884,20 @@ WL_EXPORT(wl_memory_seq_rm) int32_t wl_memory_seq_rm(int32_t ctx, int32_t seq, i
             throw wl_error(WL_E_ARG, "this model's memory cannot remove a partial sequence");
         }
         c->n_outputs = 0;
+        return 0;
+    });
+}
+
+WL_EXPORT(wl_memory_seq_cp) int32_t wl_memory_seq_cp(int32_t ctx, int32_t src, int32_t dst, int32_t p0, int32_t p1) {
+    return guarded(ctx, [&] {
+        auto c = lookup(reg().contexts, ctx, "context");
+        const int32_t n_seq = (int32_t) llama_n_seq_max(c->ctx);
+        require(src >= 0 && src < n_seq && dst >= 0 && dst < n_seq, "sequence id out of range");
+        require(src != dst, "copying a sequence onto itself");
+        // Sequences live in separate KV streams (kv_unified is off): llama.cpp copies only whole
+        // streams between them, and asserts otherwise (which would abort the process).
+        require(p0 <= 0 && p1 < 0, "sequences are copied whole: p0 = 0, p1 = -1 (trim with wl_memory_seq_rm)");
+        llama_memory_seq_cp(llama_get_memory(c->ctx), src, dst, p0, p1);
         return 0;
     });
 }
@@ -986,6 +1001,82 @@ WL_EXPORT(wl_generate) int32_t wl_generate(int32_t ctx, int32_t sampler, int32_t
             }
         }
         return n;
+    });
+}
+
+
+WL_EXPORT(wl_generate_multi) int32_t wl_generate_multi(int32_t ctx, int32_t n, const int32_t * seqs, const int32_t * samplers,
+                                                       const int32_t * pending, const int32_t * max_tokens, int32_t stride,
+                                                       int32_t * out, int32_t * n_out, int32_t * stop) {
+    return guarded(ctx, [&] {
+        require(n > 0 && seqs && samplers && pending && max_tokens && out && n_out && stop, "invalid arguments");
+        auto c = lookup(reg().contexts, ctx, "context");
+        const int32_t n_seq = (int32_t) llama_n_seq_max(c->ctx);
+        require(n <= n_seq, "more sequences than the context's n_seq_max");
+        require(n <= (int32_t) llama_n_batch(c->ctx), "more sequences than the context's n_batch");
+        const llama_vocab * vocab = llama_model_get_vocab(c->model);
+        const int32_t n_vocab = llama_vocab_n_tokens(vocab);
+        const llama_pos n_ctx_seq = (llama_pos) llama_n_ctx_seq(c->ctx);
+        std::vector<std::shared_ptr<Sampler>> chains((size_t) n);
+        std::vector<char> seen((size_t) n_seq, 0);
+        for (int32_t i = 0; i < n; i++) {
+            require(seqs[i] >= 0 && seqs[i] < n_seq, "sequence id out of range");
+            require(!seen[(size_t) seqs[i]], "a sequence appears twice");
+            seen[(size_t) seqs[i]] = 1;
+            require(pending[i] >= 0 && pending[i] < n_vocab, "pending token id out of range");
+            require(max_tokens[i] >= 0 && max_tokens[i] <= stride, "max_tokens must be in [0, stride]");
+            chains[(size_t) i] = lookup(reg().samplers, samplers[i], "sampler");
+            n_out[i] = 0;
+            stop[i] = WL_STOP_LENGTH;
+        }
+        // Per step: one token per active sequence, at its next position, with an output.
+        std::vector<llama_token> tok((size_t) n);
+        std::vector<llama_pos> pos((size_t) n);
+        std::vector<int32_t> n_ids((size_t) n, 1);
+        std::vector<llama_seq_id> ids((size_t) n);
+        std::vector<llama_seq_id *> id_ptrs((size_t) n);
+        std::vector<int8_t> outs((size_t) n, 1);
+        std::vector<int32_t> active;  // indices i still generating
+        for (int32_t i = 0; i < n; i++) {
+            if (max_tokens[i] > 0) active.push_back(i);
+        }
+        std::vector<llama_token> next(pending, pending + n);
+        int32_t steps = 0;
+        while (!active.empty()) {
+            int32_t m = 0;
+            std::vector<int32_t> batched;
+            for (int32_t i : active) {
+                const llama_pos p = next_pos(c->ctx, seqs[i]);
+                if (p >= n_ctx_seq) {  // judged per sequence: the others go on
+                    stop[i] = WL_STOP_CTX_FULL;
+                    continue;
+                }
+                tok[(size_t) m] = next[(size_t) i];
+                pos[(size_t) m] = p;
+                ids[(size_t) m] = seqs[i];
+                id_ptrs[(size_t) m] = &ids[(size_t) m];
+                batched.push_back(i);
+                m++;
+            }
+            if (m == 0) break;
+            llama_batch b = {m, tok.data(), nullptr, pos.data(), n_ids.data(), id_ptrs.data(), outs.data()};
+            decode_checked(*c, b);  // throws: the host keeps what was written so far
+            steps++;
+            active.clear();
+            for (int32_t k = 0; k < m; k++) {
+                const int32_t i = batched[(size_t) k];
+                const llama_token t = llama_sampler_sample(chains[(size_t) i]->chain, c->ctx, k);
+                if (llama_vocab_is_eog(vocab, t)) {
+                    stop[i] = WL_STOP_EOG;
+                    continue;
+                }
+                out[(size_t) i * (size_t) stride + (size_t) n_out[i]] = t;
+                n_out[i]++;
+                next[(size_t) i] = t;
+                if (n_out[i] < max_tokens[i]) active.push_back(i);
+            }
+        }
+        return steps;
     });
 }
 

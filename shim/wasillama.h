@@ -27,7 +27,7 @@
 extern "C" {
 #endif
 
-#define WL_ABI_VERSION 1
+#define WL_ABI_VERSION 2
 
 /* Status codes (negative returns). Keep in sync with src/wasillama/_abi.py. */
 #define WL_E_HANDLE      (-1)  /* unknown or already freed handle */
@@ -160,7 +160,8 @@ int32_t wl_chat_apply(int32_t model, const char * tmpl, const char * packed, int
 /* ---- contexts (one thread at a time) ---------------------------------------------------- */
 int32_t wl_context_new(int32_t model, const wl_context_params * params);
 int32_t wl_context_free(int32_t ctx);
-/* Writes n_ctx, n_batch, n_ubatch, n_seq_max into out[0..3]. */
+/* Writes up to cap of: n_ctx, n_batch, n_ubatch, n_seq_max, n_ctx_seq (the cells one sequence
+ * may use) into out; returns how many there are (more may follow in later versions). */
 int32_t wl_context_info(int32_t ctx, int32_t * out, int32_t cap);
 /* Address of an int32 the host may set (from any thread) to abort the running decode; every
  * decode clears it when it returns, so a late abort does not stop the next one. */
@@ -198,6 +199,26 @@ int32_t wl_sampler_accept(int32_t sampler, const int32_t * tokens, int32_t n);
  * number of tokens written. An end-of-generation token stops the loop and is not written. */
 int32_t wl_generate(int32_t ctx, int32_t sampler, int32_t seq, int32_t max_tokens,
                     int32_t * out, int32_t * stop_reason);
+
+/* Makes sequence dst hold what sequence src holds (a shared prefix evaluated once serves several
+ * sequences; trim dst with wl_memory_seq_rm). Each sequence has its own KV stream, which llama.cpp
+ * copies whole only: p0 must be 0 and p1 -1 (WL_E_ARG otherwise). */
+int32_t wl_memory_seq_cp(int32_t ctx, int32_t src, int32_t dst, int32_t p0, int32_t p1);
+
+/* Generates for n sequences at once, each with its own sampler. For i < n: seqs[i] (distinct,
+ * < n_seq_max), samplers[i], pending[i] = a token to decode first, at the next position of
+ * seqs[i] (the last prompt token, or the last token a previous call returned), and
+ * 0 <= max_tokens[i] <= stride. Each step decodes the pending token of every active sequence in
+ * ONE llama_decode and samples each from its own output: an end-of-generation token stops it
+ * (WL_STOP_EOG; not written), max_tokens[i] tokens stop it (WL_STOP_LENGTH), a sequence whose
+ * next position would reach llama_n_ctx_seq stops (WL_STOP_CTX_FULL) while the others go on.
+ * Writes sequence i's tokens to out[i * stride ...], their count to n_out[i], its reason to
+ * stop[i]; the last token written is sampled but not decoded (pass it as pending to go on).
+ * Returns the number of decode steps. A failed decode (abort, no KV slot) returns its status;
+ * out, n_out and stop then hold what was generated before it. */
+int32_t wl_generate_multi(int32_t ctx, int32_t n, const int32_t * seqs, const int32_t * samplers,
+                          const int32_t * pending, const int32_t * max_tokens, int32_t stride,
+                          int32_t * out, int32_t * n_out, int32_t * stop);
 
 /* ---- host services -------------------------------------------------------------------------
  * Inside wasm these are imports from module "wasillama"; natively the host registers them. */

@@ -91,9 +91,9 @@ def test_a_module_of_another_abi_version_is_refused() -> None:
 
     wat = """(module (memory (export "memory") 1)
                 (func (export "_initialize"))
-                (func (export "wl_abi_version") (result i32) i32.const 2))"""
+                (func (export "wl_abi_version") (result i32) i32.const 1))"""
     module = wasmtime.Module(compiled_module().engine, wat)
-    with pytest.raises(BackendError, match=r"speaks ABI 2, this wasillama needs 1"):
+    with pytest.raises(BackendError, match=r"speaks ABI 1, this wasillama needs 2"):
         ShimBackend(WasmTransport(module))
 
 

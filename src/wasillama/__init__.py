@@ -7,7 +7,7 @@
 
 import logging
 
-from .context import Context, TextStream
+from .context import BatchStream, Context, TextStream
 from .errors import (
     AbortedError,
     BackendError,
@@ -17,6 +17,7 @@ from .errors import (
     ConcurrentUseError,
     ContextFullError,
     DecodeError,
+    InvalidArgumentError,
     ModelLoadError,
     ModelNotFoundError,
     ModelTooLargeError,
@@ -35,7 +36,8 @@ logging.getLogger("wasillama").addHandler(logging.NullHandler())
 
 __all__ = [
     "AbortedError", "BackendError", "BackendUnavailableError", "ChatTemplateError", "ClosedError",
-    "ConcurrentUseError", "Context", "ContextFullError", "DecodeError", "GenerationResult", "Model",
+    "BatchStream", "ConcurrentUseError", "Context", "ContextFullError", "DecodeError", "GenerationResult",
+    "InvalidArgumentError", "Model",
     "ModelInfo", "ModelLoadError", "ModelNotFoundError", "ModelTooLargeError", "OutOfMemoryError",
     "TextStream", "Timings", "UnsupportedOptionError", "WasillamaError", "__version__",
 ]

@@ -5,8 +5,14 @@ threads, or a new call while a stream is still open) raise ConcurrentUseError in
 corrupting the cache. Create one Context per concurrent conversation; they share the model's
 weights.
 
-Prefix caching: the context remembers which tokens its cache holds; a new prompt that starts
-with the same tokens (a chat that grows turn by turn) only evaluates what is new.
+Prefix caching: the context remembers which tokens each sequence of its cache holds; a new
+prompt that starts with the same tokens (a chat that grows turn by turn) only evaluates what is
+new, and `generate_batch` copies a prefix another sequence already holds (a shared system
+prompt is evaluated once).
+
+What runs in parallel: on the native backend, Contexts of one Model run at the same time. In the
+wasm sandbox calls are serialised, but a long prompt is evaluated in chunks of n_batch tokens and
+another Context of the same Model gets its turn between chunks (it waits for at most one chunk).
 """
 
 from __future__ import annotations
@@ -16,6 +22,7 @@ import os
 import threading
 import time
 from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -51,14 +58,17 @@ class Context:
     def __init__(self, model: Model, params: ContextParams) -> None:
         self._model = model
         self._backend = model._backend
-        self._cached: list[int] = []  # tokens held by sequence 0 of the KV cache
+        self._cached: list[list[int]] = []  # per sequence: the tokens the KV cache holds
         self._busy = threading.Lock()
         self._abort_requested = False
         self._closed = True  # until the handle below exists
         self._handle = self._backend.new_context(model._require_handle(), params)
         self._closed = False
         try:
-            self.n_ctx, self.n_batch, self.n_ubatch, self.n_seq_max = self._backend.context_info(self._handle)
+            # n_ctx_seq: each sequence has its own share of the cache (llama.cpp's non-unified KV)
+            self.n_ctx, self.n_batch, self.n_ubatch, self.n_seq_max, self.n_ctx_seq = \
+                self._backend.context_info(self._handle)
+            self._cached = [[] for _ in range(self.n_seq_max)]
         except BaseException:
             self.close()
             raise
@@ -126,7 +136,7 @@ class Context:
         self._acquire()
         try:
             self._backend.memory_clear(self._handle)
-            self._cached = []
+            self._cached = [[] for _ in range(self.n_seq_max)]
         finally:
             self._release()
 
@@ -141,7 +151,7 @@ class Context:
         """Make the cache hold exactly `tokens` (reusing the longest cached prefix)."""
         self._acquire()
         try:
-            self._ingest(list(tokens))
+            self._ingest(0, [int(t) for t in tokens], with_last=True)
         finally:
             self._release()
 
@@ -177,19 +187,47 @@ class Context:
                parse_special: bool = False, _chunk: int = 1) -> TextStream:
         """Like generate(), as an iterator of text pieces (never a split UTF-8 character).
         The finished stream's `.result` holds the GenerationResult."""
-        if max_tokens < 0:
-            raise InvalidArgumentError("max_tokens must be >= 0")
-        if isinstance(prompt, str):
-            tokens = self.tokenize(prompt, add_special=add_special, parse_special=parse_special)
-        else:
-            tokens = [int(t) for t in prompt]
-        if seed is None:
-            seed = int.from_bytes(os.urandom(4), "little")
-        sampling = SamplerParams(seed=seed, temperature=temperature, top_k=top_k, top_p=top_p, min_p=min_p,
-                                 repeat_penalty=repeat_penalty, penalty_last_n=repeat_last_n,
-                                 frequency_penalty=frequency_penalty, presence_penalty=presence_penalty)
-        return TextStream(self._run(tokens, sampling, max_tokens, stop, _chunk if not stop else 1))
+        job = self._job(0, prompt, max_tokens=max_tokens, temperature=temperature, top_k=top_k, top_p=top_p,
+                        min_p=min_p, repeat_penalty=repeat_penalty, repeat_last_n=repeat_last_n,
+                        frequency_penalty=frequency_penalty, presence_penalty=presence_penalty, seed=seed,
+                        stop=stop, add_special=add_special, parse_special=parse_special)
+        return TextStream(_pieces_of_one(self._run([job], _chunk if not stop else 1)))
 
+    def generate_batch(self, prompts: Sequence[str | Sequence[int] | Mapping[str, Any]],
+                       **options: Any) -> list[GenerationResult]:
+        """Complete several prompts at once, each in its own sequence of this context (so at most
+        n_seq_max of them): every step samples each prompt with its own sampler and decodes all
+        of them in one batch. A prompt is a string, token ids, or a mapping with "prompt" and its
+        own values for any of generate()'s keyword arguments (max_tokens, temperature, seed,
+        stop, ...); `options` apply to the others. Results come in the prompts' order; with the
+        same seeds they equal separate generate() calls."""
+        stream = self.stream_batch(prompts, **options)
+        for _ in stream:
+            pass
+        assert stream.results is not None
+        return stream.results
+
+    def stream_batch(self, prompts: Sequence[str | Sequence[int] | Mapping[str, Any]],
+                     **options: Any) -> BatchStream:
+        """Like generate_batch(), as an iterator of (prompt index, text piece); the finished
+        stream's `.results` holds the GenerationResults in the prompts' order."""
+        if not prompts:
+            raise InvalidArgumentError("generate_batch needs at least one prompt")
+        if len(prompts) > self.n_seq_max:
+            raise InvalidArgumentError(
+                f"{len(prompts)} prompts but this context has n_seq_max={self.n_seq_max} sequences: "
+                "create it with model.new_context(n_seq_max=...)")
+        jobs = []
+        for i, item in enumerate(prompts):
+            if isinstance(item, Mapping):
+                item = dict(item)
+                if "prompt" not in item:
+                    raise InvalidArgumentError(f"prompt {i} is a mapping without a 'prompt' key")
+                jobs.append(self._job(i, item.pop("prompt"), **{**options, **item}))
+            else:
+                jobs.append(self._job(i, item, **options))
+        chunk = 1 if any(j.stops for j in jobs) else 16
+        return BatchStream(self._run(jobs, chunk))
     def chat(self, messages: Sequence[Message], *, template: str | None = None, **kwargs: Any) -> GenerationResult:
         """Answer a conversation, rendered with the model's own chat template (inside the backend)."""
         prompt = self._model.apply_chat_template(messages, template=template)
@@ -201,88 +239,216 @@ class Context:
 
     # ---- internals -------------------------------------------------------------------------------
 
-    def _ingest(self, tokens: list[int]) -> int:
-        """Evaluate `tokens`, reusing the cached prefix. Returns how many were reused."""
+    def _job(self, seq: int, prompt: str | Sequence[int], *, max_tokens: int = 256, temperature: float = 0.8,
+             top_k: int = 40, top_p: float = 0.95, min_p: float = 0.05, repeat_penalty: float = 1.0,
+             repeat_last_n: int = 64, frequency_penalty: float = 0.0, presence_penalty: float = 0.0,
+             seed: int | None = None, stop: Sequence[str] = (), add_special: bool = True,
+             parse_special: bool = False) -> _Job:
+        if max_tokens < 0:
+            raise InvalidArgumentError("max_tokens must be >= 0")
+        if isinstance(prompt, str):
+            tokens = self.tokenize(prompt, add_special=add_special, parse_special=parse_special)
+        else:
+            tokens = [int(t) for t in prompt]
         if not tokens:
             raise InvalidArgumentError("the prompt is empty (no tokens)")
-        if len(tokens) >= self.n_ctx:
-            raise ContextFullError(
-                f"the prompt has {len(tokens)} tokens but the context holds {self.n_ctx}; "
-                "shorten it or create the context with a larger n_ctx")
-        common = 0
-        for a, b in zip(self._cached, tokens, strict=False):
-            if a != b:
-                break
-            common += 1
-        common = min(common, len(tokens) - 1)  # re-evaluate at least one token to get logits
+        if seed is None:
+            seed = int.from_bytes(os.urandom(4), "little")
+        sampling = SamplerParams(seed=seed, temperature=temperature, top_k=top_k, top_p=top_p, min_p=min_p,
+                                 repeat_penalty=repeat_penalty, penalty_last_n=repeat_last_n,
+                                 frequency_penalty=frequency_penalty, presence_penalty=presence_penalty)
+        return _Job(seq, tokens, sampling, max_tokens, tuple(stop), TextAssembler(stop))
+
+    def _prefix(self, seq: int, tokens: list[int]) -> int:
+        """Make sequence `seq` hold the longest prefix of `tokens` that it, or another sequence,
+        already holds (another's is copied, not evaluated). Returns its length."""
+        def common(cached: list[int]) -> int:
+            n = 0
+            for a, b in zip(cached, tokens, strict=False):
+                if a != b:
+                    break
+                n += 1
+            return n
+
+        own = common(self._cached[seq])
+        donor, best = max(((j, common(c)) for j, c in enumerate(self._cached) if j != seq),
+                          key=lambda jc: jc[1], default=(seq, 0))
         try:
-            self._backend.memory_seq_rm(self._handle, 0, common, -1)
+            if best > own:
+                self._backend.memory_seq_cp(self._handle, donor, seq, 0, -1)  # whole streams only
+                self._backend.memory_seq_rm(self._handle, seq, best, -1)
+                self._cached[seq] = tokens[:best]
+                return best
+            self._backend.memory_seq_rm(self._handle, seq, own, -1)
         except InvalidArgumentError:  # memory that cannot drop a suffix (recurrent models): start over
             self._backend.memory_clear(self._handle)
-            common = 0
-        self._cached = self._cached[:common]
-        try:
-            self._backend.decode(self._handle, np.asarray(tokens[common:], dtype=np.int32))
-        except BaseException:
-            # the failed batch may be partly in the cache: forget it all rather than guess
-            self._cached = []
-            with contextlib.suppress(WasillamaError):
-                self._backend.memory_clear(self._handle)
-            raise
-        self._cached = list(tokens)
-        return common
+            self._cached = [[] for _ in range(self.n_seq_max)]
+            return 0
+        self._cached[seq] = self._cached[seq][:own]
+        return own
 
-    def _run(self, tokens: list[int], sampling: SamplerParams, max_tokens: int, stop: Sequence[str],
-             chunk: int) -> Iterator[str | GenerationResult]:
+    def _ingest(self, seq: int, tokens: list[int], *, with_last: bool) -> int:
+        """Make sequence `seq` hold `tokens` — all of them (the last one's logits are then
+        readable) or all but the last (which generation decodes as its first step). Reuses a
+        cached prefix; evaluates the rest in chunks of n_batch that let other Contexts of the same
+        sandbox take turns. Returns how many tokens were reused."""
+        if not tokens:
+            raise InvalidArgumentError("the prompt is empty (no tokens)")
+        if len(tokens) >= self.n_ctx_seq:
+            raise ContextFullError(
+                f"the prompt has {len(tokens)} tokens but a sequence of this context holds {self.n_ctx_seq}; "
+                "shorten it or create the context with a larger n_ctx")
+        target = tokens if with_last else tokens[:-1]
+        reused = self._prefix(seq, target[:-1] if with_last else target)
+        rest = target[reused:]
+        chunks = [rest[i : i + self.n_batch] for i in range(0, len(rest), self.n_batch)]
+        try:
+            for k, chunk in enumerate(chunks):
+                flags = np.zeros(len(chunk), dtype=np.int8)
+                if with_last and k == len(chunks) - 1:
+                    flags[-1] = 1
+                self._backend.decode(self._handle, np.asarray(chunk, dtype=np.int32),
+                                     seq=np.full(len(chunk), seq, dtype=np.int32), logits=flags,
+                                     background=len(chunks) > 1)
+                self._cached[seq].extend(chunk)
+                if self._abort_requested:
+                    raise AbortedError("aborted while evaluating the prompt")
+        except BaseException:
+            # a failed chunk may be partly in the cache: drop what the cache holds beyond the known tokens
+            with contextlib.suppress(WasillamaError):
+                self._backend.memory_seq_rm(self._handle, seq, len(self._cached[seq]), -1)
+            raise
+        return reused
+
+    def _sync(self, job: _Job, new: list[int]) -> None:
+        """After a generation step: record which of [pending] + new the cache now holds."""
+        held = self._backend.memory_seq_pos_max(self._handle, job.seq) + 1
+        cached = self._cached[job.seq]
+        decoded = [job.pending, *new][: max(held - len(cached), 0)]
+        cached.extend(decoded)
+        if new:
+            job.pending = new[-1]
+
+    def _run(self, jobs: list[_Job], chunk: int) -> Iterator[tuple[int, str] | list[GenerationResult]]:
         self._acquire()
-        sampler = 0
         try:
             t0 = time.perf_counter()
-            reused = self._ingest(tokens)
+            for job in jobs:
+                job.reused = self._ingest(job.seq, job.tokens, with_last=False)
+                job.pending = job.tokens[-1]
             t1 = time.perf_counter()
-            sampler = self._backend.new_sampler(self._model._require_handle(), sampling)
-            if sampling.repeat_penalty != 1.0 or sampling.frequency_penalty or sampling.presence_penalty:
-                self._backend.sampler_accept(sampler, np.asarray(tokens, dtype=np.int32))
-            text = TextAssembler(stop)
-            out: list[int] = []
-            finish: FinishReason = "length"
-            while len(out) < max_tokens:
+            model = self._model._require_handle()
+            for job in jobs:
+                job.sampler = self._backend.new_sampler(model, job.sampling)
+                s = job.sampling
+                if s.repeat_penalty != 1.0 or s.frequency_penalty or s.presence_penalty:
+                    self._backend.sampler_accept(job.sampler, np.asarray(job.tokens[:-1], dtype=np.int32))
+                if job.max_tokens == 0:
+                    job.finish = "length"
+            while active := [j for j in jobs if j.finish is None]:
                 if self._abort_requested:
                     raise AbortedError("generation aborted")
-                new, why = self._backend.generate(self._handle, sampler, 0, min(chunk, max_tokens - len(out)))
-                new_list = new.tolist()
-                out.extend(new_list)
-                # On a full context or a failed decode the last token never reached the cache.
-                self._cached.extend(new_list if why in (abi.STOP_LENGTH, abi.STOP_EOG) else new_list[:-1])
-                if why < 0:  # the decode of a sampled token failed (e.g. aborted)
-                    raise abi.error_for(why, self._backend.last_error(self._handle))
-                for tok in new_list:
-                    piece = text.push(self._model.token_piece(tok))
-                    if piece:
-                        yield piece
-                    if text.stopped is not None:
-                        break
-                if text.stopped is not None:
-                    finish = "stop"
-                    break
-                if why != abi.STOP_LENGTH:
-                    finish = _FINISH[why]
-                    break
-            tail = text.finish()
-            if tail:
-                yield tail
+                try:
+                    new, why = self._backend.generate_multi(
+                        self._handle, [j.seq for j in active], [j.sampler for j in active],
+                        [j.pending for j in active], [min(chunk, j.max_tokens - len(j.out)) for j in active])
+                except BaseException:
+                    for j in active:  # what the cache holds beyond the known tokens is unknown: drop it
+                        with contextlib.suppress(WasillamaError):
+                            self._backend.memory_seq_rm(self._handle, j.seq, len(self._cached[j.seq]), -1)
+                    raise
+                for job, toks, reason in zip(active, new, why, strict=True):
+                    new_list = toks.tolist()
+                    self._sync(job, new_list)
+                    job.out.extend(new_list)
+                    for tok in new_list:
+                        piece = job.text.push(self._model.token_piece(tok))
+                        if piece:
+                            yield job.index, piece
+                        if job.text.stopped is not None:
+                            job.finish = "stop"
+                            break
+                    if job.finish is None and (reason != abi.STOP_LENGTH or len(job.out) >= job.max_tokens):
+                        job.finish = _FINISH[reason]
+            for job in jobs:
+                tail = job.text.finish()
+                if tail:
+                    yield job.index, tail
             t2 = time.perf_counter()
-            yield GenerationResult(
-                text=text.text, tokens=out, prompt_tokens=len(tokens), cached_prompt_tokens=reused,
-                finish_reason=finish, stop_sequence=text.stopped,
-                timings=Timings(len(tokens) - reused, t1 - t0, len(out), t2 - t1))
+            yield [GenerationResult(
+                text=j.text.text, tokens=j.out, prompt_tokens=len(j.tokens), cached_prompt_tokens=j.reused,
+                finish_reason=j.finish or "length", stop_sequence=j.text.stopped,
+                timings=Timings(len(j.tokens) - j.reused, t1 - t0, len(j.out), t2 - t1)) for j in jobs]
         finally:
             try:
-                if sampler:
-                    with contextlib.suppress(WasillamaError):  # the sandbox may be gone already
-                        self._backend.free_sampler(sampler)
+                for job in jobs:
+                    if job.sampler:
+                        with contextlib.suppress(WasillamaError):  # the sandbox may be gone already
+                            self._backend.free_sampler(job.sampler)
             finally:
                 self._release()
+
+
+@dataclass
+class _Job:
+    """One prompt being completed in sequence `seq` of a context."""
+
+    seq: int
+    tokens: list[int]
+    sampling: SamplerParams
+    max_tokens: int
+    stops: tuple[str, ...]
+    text: TextAssembler
+    sampler: int = 0
+    pending: int = 0  # the next token to decode: sampled (or the prompt's last), not yet in the cache
+    reused: int = 0
+    out: list[int] = field(default_factory=list)
+    finish: FinishReason | None = None
+
+    @property
+    def index(self) -> int:
+        return self.seq
+
+
+def _pieces_of_one(run: Iterator[tuple[int, str] | list[GenerationResult]]) -> Iterator[str | GenerationResult]:
+    """A one-prompt run as TextStream wants it: pieces, then the result."""
+    try:
+        for item in run:
+            yield item[0] if isinstance(item, list) else item[1]
+    finally:
+        close = getattr(run, "close", None)
+        if close is not None:
+            close()  # the run's cleanup (free the sampler, release the context) happens now
+
+
+class BatchStream(Iterator[tuple[int, str]]):
+    """(prompt index, text piece) as they are generated; `.results` once exhausted."""
+
+    def __init__(self, gen: Iterator[tuple[int, str] | list[GenerationResult]]) -> None:
+        self._gen = gen
+        self.results: list[GenerationResult] | None = None
+
+    def __iter__(self) -> BatchStream:
+        return self
+
+    def __next__(self) -> tuple[int, str]:
+        item = next(self._gen)
+        if isinstance(item, list):
+            self.results = item
+            self.close()
+            raise StopIteration
+        return item
+
+    def close(self) -> None:
+        close = getattr(self._gen, "close", None)
+        if close is not None:
+            close()
+
+    def __enter__(self) -> BatchStream:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
 
 class TextStream(Iterator[str]):

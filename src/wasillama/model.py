@@ -231,13 +231,17 @@ class Model:
 
     # ---- contexts ----------------------------------------------------------------------------
 
-    def new_context(self, *, n_ctx: int = 4096, n_batch: int = 512, n_ubatch: int = 512, n_threads: int = 0,
-                    n_threads_batch: int = 0, flash_attn: bool | None = None, type_k: int = -1,
+    def new_context(self, *, n_ctx: int = 4096, n_batch: int = 512, n_ubatch: int = 512, n_seq_max: int = 1,
+                    n_threads: int = 0, n_threads_batch: int = 0, flash_attn: bool | None = None, type_k: int = -1,
                     type_v: int = -1, offload_kqv: bool = True) -> Context:
-        """A new KV cache of n_ctx tokens (0 = the model's training length)."""
+        """A new KV cache of n_ctx tokens (0 = the model's training length), shared by n_seq_max
+        sequences (each holds n_ctx / n_seq_max tokens; `Context.generate_batch` uses them)."""
         if n_ctx < 0 or n_batch <= 0 or n_ubatch <= 0:
             raise InvalidArgumentError("n_ctx must be >= 0, n_batch and n_ubatch > 0")
-        params = ContextParams(n_ctx=n_ctx, n_batch=n_batch, n_ubatch=min(n_ubatch, n_batch), n_threads=n_threads,
+        if not 1 <= n_seq_max <= 256:
+            raise InvalidArgumentError("n_seq_max must be between 1 and 256")
+        params = ContextParams(n_ctx=n_ctx, n_batch=n_batch, n_ubatch=min(n_ubatch, n_batch), n_seq_max=n_seq_max,
+                               n_threads=n_threads,
                                n_threads_batch=n_threads_batch,
                                flash_attn=-1 if flash_attn is None else int(flash_attn),
                                type_k=type_k, type_v=type_v, offload_kqv=offload_kqv)

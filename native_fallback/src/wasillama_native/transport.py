@@ -24,6 +24,7 @@ from wasillama.errors import BackendUnavailableError
 from wasillama.shim import abi
 from wasillama.shim.hostio import LogSink, Sources
 from wasillama.shim.transport import Capabilities
+from wasillama.shim.turns import NoTurns
 
 _HERE = Path(__file__).resolve().parent
 _LIBRARY_NAMES = ("libwasillama_native.so", "libwasillama_native.dylib", "wasillama_native.dll")
@@ -177,7 +178,7 @@ class CtypesTransport:
     sources = SOURCES
     log = LOG
     poisoned = None
-    lock = contextlib.nullcontext()  # the shim is thread-safe; Context keeps one thread per context
+    lock = NoTurns()  # the shim is thread-safe; Context keeps one thread per context
 
     def __init__(self, library: str | os.PathLike[str] | None = None) -> None:
         self._lib = load(library)

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 from .. import errors
 
-ABI_VERSION = 1
+ABI_VERSION = 2
 
 # Every function of the ABI: its parameters' kinds, in order. Each returns an int32 status.
 # "ptr" is an address in the transport's memory (a guest offset in wasm, a host address natively).
@@ -47,11 +47,13 @@ FUNCTIONS: dict[str, tuple[str, ...]] = {
     "wl_memory_clear": ("i32",),
     "wl_memory_seq_rm": ("i32", "i32", "i32", "i32"),
     "wl_memory_seq_pos_next": ("i32", "i32"),
+    "wl_memory_seq_cp": ("i32", "i32", "i32", "i32", "i32"),
     "wl_sampler_new": ("i32", "ptr"),
     "wl_sampler_free": ("i32",),
     "wl_sampler_reset": ("i32",),
     "wl_sampler_accept": ("i32", "ptr", "i32"),
     "wl_generate": ("i32", "i32", "i32", "i32", "ptr", "ptr"),
+    "wl_generate_multi": ("i32", "i32", "ptr", "ptr", "ptr", "ptr", "i32", "ptr", "ptr", "ptr"),
     # native builds only (host services are imports of the wasm module; its CPU code is built in)
     "wl_set_host": ("ptr", "ptr"),
     "wl_backends_load": ("ptr", "ptr", "ptr", "i32"),

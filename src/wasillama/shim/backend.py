@@ -331,12 +331,13 @@ class ShimBackend:
             self._abort_flags.pop(ctx, None)  # set_abort can no longer touch its flag
         self._locked(lambda: self._check("wl_context_free", ctx, i32(ctx, "context")))
 
-    def context_info(self, ctx: int) -> tuple[int, int, int, int]:
-        def run() -> tuple[int, int, int, int]:
-            with self._scratch(16) as p:
-                self._check("wl_context_info", ctx, i32(ctx, "context"), p, 4)
-                a, b, c, d = struct.unpack("<4i", self._t.read(p, 16))
-                return a, b, c, d
+    def context_info(self, ctx: int) -> tuple[int, int, int, int, int]:
+        """n_ctx, n_batch, n_ubatch, n_seq_max, n_ctx_seq."""
+        def run() -> tuple[int, int, int, int, int]:
+            with self._scratch(20) as p:
+                self._check("wl_context_info", ctx, i32(ctx, "context"), p, 5)
+                a, b, c, d, e = struct.unpack("<5i", self._t.read(p, 20))
+                return a, b, c, d, e
 
         return self._locked(run)
 
@@ -351,7 +352,9 @@ class ShimBackend:
             ctypes.c_int32.from_address(addr).value = int(on)
 
     def decode(self, ctx: int, tokens: TokenArray, pos: TokenArray | None = None, seq: TokenArray | None = None,
-               logits: npt.NDArray[np.int8] | None = None) -> int:
+               logits: npt.NDArray[np.int8] | None = None, *, background: bool = False) -> int:
+        """background=True: one chunk of long work, which lets other threads' calls into the same
+        sandbox go first (see shim.turns)."""
         tok = i32_array(tokens, "tokens")
         extras: list[npt.NDArray[np.generic] | None] = []
         for name, a in (("pos", pos), ("seq", seq)):
@@ -366,6 +369,9 @@ class ShimBackend:
                     self._put(extras[2]) as lp:
                 return self._check("wl_decode", ctx, i32(ctx, "context"), tp, tok.size, pp, sp, lp)
 
+        if background:
+            with self._t.lock.background():
+                return self._locked(run)
         return self._locked(run)
 
     def logits(self, ctx: int, idx: int = -1) -> npt.NDArray[np.float32]:
@@ -383,6 +389,10 @@ class ShimBackend:
     def memory_seq_rm(self, ctx: int, seq: int, p0: int, p1: int) -> None:
         self._locked(lambda: self._check("wl_memory_seq_rm", ctx, i32(ctx, "context"), i32(seq, "seq"),
                                          i32(p0, "p0"), i32(p1, "p1")))
+
+    def memory_seq_cp(self, ctx: int, src: int, dst: int, p0: int, p1: int) -> None:
+        self._locked(lambda: self._check("wl_memory_seq_cp", ctx, i32(ctx, "context"), i32(src, "src"),
+                                         i32(dst, "dst"), i32(p0, "p0"), i32(p1, "p1")))
 
     def memory_seq_pos_max(self, ctx: int, seq: int) -> int:
         return self._locked(lambda: self._check("wl_memory_seq_pos_next", ctx, i32(ctx, "context"),
@@ -424,6 +434,29 @@ class ShimBackend:
                                 n_max, out, stop_p)
                 stop = struct.unpack("<i", self._t.read(stop_p, 4))[0]
                 return np.frombuffer(self._t.read(out, 4 * n), dtype=np.int32).copy(), stop
+
+        return self._locked(run)
+
+
+    def generate_multi(self, ctx: int, seqs: Sequence[int], samplers: Sequence[int], pending: Sequence[int],
+                       max_tokens: Sequence[int]) -> tuple[list[TokenArray], list[int]]:
+        """wl_generate_multi: per sequence, the tokens written and why it stopped. A failed decode
+        raises; what was generated before it is then lost to the caller (the cache keeps it)."""
+        seq_a, smp_a, pend_a, max_a = (i32_array(v, name) for v, name in (
+            (seqs, "seqs"), (samplers, "samplers"), (pending, "pending"), (max_tokens, "max_tokens")))
+        n = seq_a.size
+        if not n or not (smp_a.size == pend_a.size == max_a.size == n):
+            raise InvalidArgumentError("seqs, samplers, pending and max_tokens need one entry per sequence")
+        stride = max(int(max_a.max()), 1)
+
+        def run() -> tuple[list[TokenArray], list[int]]:
+            with self._put(seq_a) as sp, self._put(smp_a) as mp, self._put(pend_a) as pp, self._put(max_a) as xp, \
+                    self._scratch(4 * n * stride) as out, self._scratch(4 * n) as n_out, self._scratch(4 * n) as stop:
+                self._check("wl_generate_multi", ctx, i32(ctx, "context"), n, sp, mp, pp, xp, stride, out, n_out, stop)
+                counts = np.frombuffer(self._t.read(n_out, 4 * n), dtype=np.int32)
+                tokens = np.frombuffer(self._t.read(out, 4 * n * stride), dtype=np.int32).reshape(n, stride)
+                stops = np.frombuffer(self._t.read(stop, 4 * n), dtype=np.int32)
+                return [tokens[i, : counts[i]].copy() for i in range(n)], [int(x) for x in stops]
 
         return self._locked(run)
 

@@ -7,11 +7,11 @@ Everything else — marshalling, the grow-and-retry buffers, error mapping, opti
 
 from __future__ import annotations
 
-from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from typing import Protocol
 
 from .hostio import LogSink, Sources
+from .turns import NoTurns, TurnLock
 
 
 @dataclass(frozen=True)
@@ -38,8 +38,8 @@ class Transport(Protocol):
     pointer_size: int  # bytes of a pointer the shim writes (4 in wasm32, 8 natively)
 
     @property
-    def lock(self) -> AbstractContextManager[object]:
-        """Held around every call sequence (serialises a wasm Store; a no-op natively)."""
+    def lock(self) -> TurnLock | NoTurns:
+        """Held around every call sequence (serialises a wasm Store; no lock natively)."""
         ...
 
     @property

@@ -12,13 +12,13 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
-import threading
 from typing import Any
 
 import wasmtime
 
 from ..errors import BackendError, OutOfMemoryError
 from ..shim.hostio import LogSink, Sources
+from ..shim.turns import TurnLock
 from . import CAPABILITIES
 from .engine import compiled_module
 
@@ -34,7 +34,7 @@ class WasmTransport:
         """A sandbox of llama.wasm (or of `module`, compiled with this package's engine)."""
         compiled = compiled_module()
         module = module or compiled.module
-        self._lock = threading.RLock()
+        self._lock = TurnLock()
         self.store = wasmtime.Store(compiled.engine)
         self.store.set_wasi(wasmtime.WasiConfig())  # nothing granted
         self.sources = Sources()
@@ -57,7 +57,7 @@ class WasmTransport:
         self.call("_initialize")
 
     @property
-    def lock(self) -> threading.RLock:
+    def lock(self) -> TurnLock:
         return self._lock
 
     @property
