@@ -421,7 +421,22 @@ def _pieces_of_one(run: Iterator[tuple[int, str] | list[GenerationResult]]) -> I
             close()  # the run's cleanup (free the sampler, release the context) happens now
 
 
-class BatchStream(Iterator[tuple[int, str]]):
+class _Closable:
+    """A stream over a generation run: close() (or leaving a ``with`` block) stops it early and
+    runs the run's cleanup (free the samplers, release the context)."""
+
+    _gen: Iterator[Any]
+
+    def close(self) -> None:
+        close = getattr(self._gen, "close", None)
+        if close is not None:
+            close()
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+class BatchStream(_Closable, Iterator[tuple[int, str]]):
     """(prompt index, text piece) as they are generated; `.results` once exhausted."""
 
     def __init__(self, gen: Iterator[tuple[int, str] | list[GenerationResult]]) -> None:
@@ -437,21 +452,14 @@ class BatchStream(Iterator[tuple[int, str]]):
             self.results = item
             self.close()
             raise StopIteration
-        return item
-
-    def close(self) -> None:
-        close = getattr(self._gen, "close", None)
-        if close is not None:
-            close()
+        index, piece = item
+        return int(index), str(piece)
 
     def __enter__(self) -> BatchStream:
         return self
 
-    def __exit__(self, *exc: object) -> None:
-        self.close()
 
-
-class TextStream(Iterator[str]):
+class TextStream(_Closable, Iterator[str]):
     """Text pieces as they are generated; `.result` once exhausted. close() stops early."""
 
     def __init__(self, gen: Iterator[str | GenerationResult]) -> None:
@@ -467,15 +475,7 @@ class TextStream(Iterator[str]):
             self.result = item
             self.close()  # runs the generator's cleanup: frees the sampler, releases the context
             raise StopIteration
-        return item
-
-    def close(self) -> None:
-        close = getattr(self._gen, "close", None)
-        if close is not None:
-            close()
+        return str(item)
 
     def __enter__(self) -> TextStream:
         return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
