@@ -55,7 +55,6 @@ static void host_log(int32_t l, const char * t, int32_t n) { if (g_log_fn) g_log
 static_assert(sizeof(wl_model_params) == 64, "wl_model_params layout is part of the ABI");
 static_assert(sizeof(wl_model_info) == 192, "wl_model_info layout is part of the ABI");
 static_assert(sizeof(wl_context_params) == 64, "wl_context_params layout is part of the ABI");
-static_assert(sizeof(wl_sampler_params) == 64, "wl_sampler_params layout is part of the ABI");
 
 namespace {
 
@@ -80,17 +79,20 @@ struct Context {
     // Outputs the last llama_decode produced: sampling or reading logits without any would
     // trip an assertion inside llama.cpp (a trap in wasm, the end of the process natively).
     int32_t n_outputs = 0;
+    std::vector<int32_t> output_pos;  // batch positions of the last decode's outputs, in order
+    bool kv_unified = false;
     ~Context() { if (ctx) llama_free(ctx); }
 };
 static_assert(sizeof(std::atomic<int32_t>) == sizeof(int32_t), "the host writes the abort flag as an int32");
 
 struct Sampler {
+    std::shared_ptr<Model> model;  // the vocabulary its samplers use stays alive with it
     llama_sampler * chain = nullptr;
     ~Sampler() { if (chain) llama_sampler_free(chain); }
 };
 
 // One table for all objects. Natively the host may call from several threads (models are
-// shared), so the table and the error strings are guarded by one mutex; inside wasm the
+// shared), so the table is guarded by one mutex; inside wasm the
 // host serialises calls and the mutex is a no-op.
 struct Registry {
     std::mutex mu;
@@ -98,7 +100,6 @@ struct Registry {
     std::map<int32_t, std::shared_ptr<Model>>   models;
     std::map<int32_t, std::shared_ptr<Context>> contexts;
     std::map<int32_t, std::shared_ptr<Sampler>> samplers;
-    std::map<int32_t, std::string> errors;
 };
 
 Registry & reg() {
@@ -115,22 +116,15 @@ std::string t_last_log_error;  // the guest is single-threaded (and has no __cxa
 thread_local std::string t_last_log_error;
 #endif
 
-// Errors without a handle (failed loads, unknown handles) are kept per thread, so two threads
-// loading at once each read their own message.
+// The message of the last failed call, per thread (errno-style): two threads failing at once
+// each read their own. Every failing call sets it; a successful call leaves it alone.
 #if defined(__wasm__)
-std::string t_global_error;
+std::string t_last_error;
 #else
-thread_local std::string t_global_error;
+thread_local std::string t_last_error;
 #endif
 
-void set_error(int32_t handle, const std::string & msg) {
-    if (handle == 0) {
-        t_global_error = msg;
-        return;
-    }
-    std::lock_guard<std::mutex> lk(reg().mu);
-    reg().errors[handle] = msg;
-}
+void set_error(const std::string & msg) { t_last_error = msg; }
 
 template <typename T>
 std::shared_ptr<T> lookup(std::map<int32_t, std::shared_ptr<T>> & table, int32_t h, const char * what) {
@@ -159,30 +153,29 @@ int32_t erase(std::map<int32_t, std::shared_ptr<T>> & table, int32_t h) {
         if (it == table.end()) return WL_E_HANDLE;
         victim = std::move(it->second);
         table.erase(it);
-        reg().errors.erase(h);
     }
     return 0;
 }
 
 // Runs f(); converts any exception into a status code and an error message on `handle`.
 template <typename F>
-int32_t guarded(int32_t handle, F && f) {
+int32_t guarded(F && f) {
     try {
         return f();
     } catch (const wl_error & e) {
-        set_error(e.code == WL_E_HANDLE ? 0 : handle, e.what());
+        set_error(e.what());
         return e.code;
     } catch (const std::bad_alloc &) {
-        set_error(handle, "out of memory");
+        set_error("out of memory");
         return WL_E_NOMEM;
     } catch (const std::invalid_argument & e) {  // e.g. the tokenizer on invalid UTF-8
-        set_error(handle, std::string("invalid argument: ") + e.what());
+        set_error(std::string("invalid argument: ") + e.what());
         return WL_E_ARG;
     } catch (const std::exception & e) {
-        set_error(handle, std::string("internal error: ") + e.what());
+        set_error(std::string("internal error: ") + e.what());
         return WL_E_INTERNAL;
     } catch (...) {
-        set_error(handle, "internal error: unknown exception");
+        set_error("internal error: unknown exception");
         return WL_E_INTERNAL;
     }
 }
@@ -194,6 +187,14 @@ int32_t copy_out(const std::string & s, char * buf, int32_t cap) {
 
 void require(bool ok, const char * msg) {
     if (!ok) throw wl_error(WL_E_ARG, msg);
+}
+
+// Reserved struct fields must be zero: a field this build does not know is refused, not ignored.
+template <size_t N>
+void require_reserved_zero(const int32_t (&reserved)[N], const char * what) {
+    for (int32_t v : reserved) {
+        if (v != 0) throw wl_error(WL_E_ARG, std::string(what) + ": a reserved field is set (a newer host?)");
+    }
 }
 
 void log_callback(enum ggml_log_level level, const char * text, void *) {
@@ -222,6 +223,7 @@ llama_model_params to_llama(const wl_model_params * p, const float * tensor_spli
                             std::vector<float> & split) {
     llama_model_params mp = llama_model_default_params();
     if (!p) return mp;
+    require_reserved_zero(p->reserved, "wl_model_params");
     require(p->split_mode >= LLAMA_SPLIT_MODE_NONE && p->split_mode <= LLAMA_SPLIT_MODE_TENSOR, "unknown split_mode");
     mp.n_gpu_layers  = p->n_gpu_layers;
     mp.main_gpu      = p->main_gpu;
@@ -332,12 +334,16 @@ llama_pos next_pos(llama_context * ctx, llama_seq_id seq) {
 
 int32_t decode_checked(Context & c, llama_batch & batch) {
     c.n_outputs = 0;
+    c.output_pos.clear();
     const int32_t rc = llama_decode(c.ctx, batch);
     // An abort is for the decode in progress: one that arrives as it finishes must not stop
     // the next, unrelated one.
     c.abort_flag.store(0);
     if (rc == 0) {
-        for (int32_t i = 0; i < batch.n_tokens; i++) c.n_outputs += batch.logits[i] ? 1 : 0;
+        for (int32_t i = 0; i < batch.n_tokens; i++) {
+            if (batch.logits[i]) c.output_pos.push_back(i);
+        }
+        c.n_outputs = (int32_t) c.output_pos.size();
         return 0;
     }
     if (rc == 1) throw wl_error(WL_E_CTX_FULL, "the context is full: no KV cache slot for the batch");
@@ -347,7 +353,7 @@ int32_t decode_checked(Context & c, llama_batch & batch) {
 
 template <typename Get>
 int32_t meta_by_index(int32_t model, int32_t i, char * buf, int32_t cap, Get get) {
-    return guarded(model, [&] {
+    return guarded([&] {
         auto m = lookup(reg().models, model, "model");
         require(i >= 0 && i < llama_model_meta_count(m->model), "metadata index out of range");
         const int32_t n = get(m->model, i, nullptr, 0);
@@ -362,10 +368,10 @@ int32_t meta_by_index(int32_t model, int32_t i, char * buf, int32_t cap, Get get
 
 extern "C" {
 
-WL_EXPORT(wl_abi_version) int32_t wl_abi_version(void) { return WL_ABI_VERSION; }
+WL_EXPORT(wl_abi_version) int32_t wl_abi_version(void) { return (WL_ABI_VERSION << 16) | WL_ABI_MINOR; }
 
 WL_EXPORT(wl_init) int32_t wl_init(void) {
-    return guarded(0, [] {
+    return guarded([] {
         static std::once_flag once;
         std::call_once(once, [] {
             llama_log_set(log_callback, nullptr);
@@ -376,25 +382,17 @@ WL_EXPORT(wl_init) int32_t wl_init(void) {
     });
 }
 
-WL_EXPORT(wl_last_error) int32_t wl_last_error(int32_t handle, char * buf, int32_t cap) {
-    std::string msg = handle == 0 ? t_global_error : std::string();
-    if (handle != 0) {
-        std::lock_guard<std::mutex> lk(reg().mu);
-        auto it = reg().errors.find(handle);
-        if (it != reg().errors.end()) msg = it->second;
-    }
-    return copy_out(msg, buf, cap);
-}
+WL_EXPORT(wl_error_last) int32_t wl_error_last(char * buf, int32_t cap) { return copy_out(t_last_error, buf, cap); }
 
 WL_EXPORT(wl_system_info) int32_t wl_system_info(char * buf, int32_t cap) {
-    return guarded(0, [&] {
+    return guarded([&] {
         return copy_out(std::string("ggml ") + ggml_version() + ", llama.cpp " + WL_LLAMA_CPP_COMMIT + " | " +
                         llama_print_system_info(), buf, cap);
     });
 }
 
 WL_EXPORT(wl_devices) int32_t wl_devices(char * buf, int32_t cap) {
-    return guarded(0, [&] {
+    return guarded([&] {
         std::string out;
         for (size_t i = 0; i < ggml_backend_dev_count(); i++) {
             ggml_backend_dev_t dev = ggml_backend_dev_get(i);
@@ -511,7 +509,7 @@ std::string g_backends_desc;  // what wl_backends_load loaded, once
 extern "C" {
 
 WL_EXPORT(wl_backends_load) int32_t wl_backends_load(const char * dir, const char * cpu_variant, char * buf, int32_t cap) {
-    return guarded(0, [&] {
+    return guarded([&] {
         const std::string wanted = cpu_variant ? cpu_variant : "";
         std::lock_guard<std::mutex> lk(g_backends_mu);
         if (!g_backends_desc.empty()) {
@@ -547,7 +545,7 @@ WL_EXPORT(wl_backends_load) int32_t wl_backends_load(const char * dir, const cha
 
 WL_EXPORT(wl_model_load_host) int32_t wl_model_load_host(int32_t source, int64_t size, const wl_model_params * p,
                                                          const float * tensor_split, int32_t n_split) {
-    return guarded(0, [&] {
+    return guarded([&] {
         if (size <= 0) throw wl_error(WL_E_LOAD, "failed to load model: the model is empty (0 bytes)");
         std::vector<float> split;
         llama_model_params mp = to_llama(p, tensor_split, n_split, split);
@@ -561,7 +559,7 @@ WL_EXPORT(wl_model_load_host) int32_t wl_model_load_host(int32_t source, int64_t
 
 WL_EXPORT(wl_model_load_path) int32_t wl_model_load_path(const char * path, const wl_model_params * p,
                                                          const float * tensor_split, int32_t n_split) {
-    return guarded(0, [&]() -> int32_t {
+    return guarded([&]() -> int32_t {
 #if defined(__wasm__)
         (void) path; (void) p; (void) tensor_split; (void) n_split;
         throw wl_error(WL_E_UNSUPPORTED, "the sandbox has no filesystem: load models through the host");
@@ -582,7 +580,7 @@ WL_EXPORT(wl_model_load_path) int32_t wl_model_load_path(const char * path, cons
 WL_EXPORT(wl_model_free) int32_t wl_model_free(int32_t model) { return erase(reg().models, model); }
 
 WL_EXPORT(wl_model_info_get) int32_t wl_model_info_get(int32_t model, wl_model_info * out) {
-    return guarded(model, [&] {
+    return guarded([&] {
         require(out != nullptr, "out is NULL");
         auto m = lookup(reg().models, model, "model");
         const llama_vocab * v = m->vocab();
@@ -613,7 +611,7 @@ WL_EXPORT(wl_model_info_get) int32_t wl_model_info_get(int32_t model, wl_model_i
 }
 
 WL_EXPORT(wl_model_meta) int32_t wl_model_meta(int32_t model, const char * key, char * buf, int32_t cap) {
-    return guarded(model, [&] {
+    return guarded([&] {
         require(key != nullptr, "key is NULL");
         auto m = lookup(reg().models, model, "model");
         const int32_t n = llama_model_meta_val_str(m->model, key, nullptr, 0);
@@ -626,7 +624,7 @@ WL_EXPORT(wl_model_meta) int32_t wl_model_meta(int32_t model, const char * key, 
 }
 
 WL_EXPORT(wl_model_meta_count) int32_t wl_model_meta_count(int32_t model) {
-    return guarded(model, [&] { return llama_model_meta_count(lookup(reg().models, model, "model")->model); });
+    return guarded([&] { return llama_model_meta_count(lookup(reg().models, model, "model")->model); });
 }
 
 WL_EXPORT(wl_model_meta_key) int32_t wl_model_meta_key(int32_t model, int32_t i, char * buf, int32_t cap) {
@@ -638,7 +636,7 @@ WL_EXPORT(wl_model_meta_value) int32_t wl_model_meta_value(int32_t model, int32_
 }
 
 WL_EXPORT(wl_model_desc) int32_t wl_model_desc(int32_t model, char * buf, int32_t cap) {
-    return guarded(model, [&] {
+    return guarded([&] {
         auto m = lookup(reg().models, model, "model");
         char tmp[256];
         const int32_t n = llama_model_desc(m->model, tmp, sizeof tmp);
@@ -647,7 +645,7 @@ WL_EXPORT(wl_model_desc) int32_t wl_model_desc(int32_t model, char * buf, int32_
 }
 
 WL_EXPORT(wl_model_chat_template) int32_t wl_model_chat_template(int32_t model, const char * name, char * buf, int32_t cap) {
-    return guarded(model, [&] {
+    return guarded([&] {
         auto m = lookup(reg().models, model, "model");
         const char * t = llama_model_chat_template(m->model, (name && *name) ? name : nullptr);
         if (!t) throw wl_error(WL_E_TEMPLATE, "the model has no chat template");
@@ -657,9 +655,9 @@ WL_EXPORT(wl_model_chat_template) int32_t wl_model_chat_template(int32_t model, 
 
 // ---- vocabulary ------------------------------------------------------------------------------
 
-WL_EXPORT(wl_tokenize) int32_t wl_tokenize(int32_t model, const char * text, int32_t len, int32_t flags,
+WL_EXPORT(wl_vocab_tokenize) int32_t wl_vocab_tokenize(int32_t model, const char * text, int32_t len, int32_t flags,
                                            int32_t * out, int32_t cap) {
-    return guarded(model, [&] {
+    return guarded([&] {
         require(len >= 0 && (text || len == 0), "invalid text buffer");
         tok_flags_check(flags);
         auto m = lookup(reg().models, model, "model");
@@ -670,9 +668,9 @@ WL_EXPORT(wl_tokenize) int32_t wl_tokenize(int32_t model, const char * text, int
     });
 }
 
-WL_EXPORT(wl_detokenize) int32_t wl_detokenize(int32_t model, const int32_t * tokens, int32_t n, int32_t flags,
+WL_EXPORT(wl_vocab_detokenize) int32_t wl_vocab_detokenize(int32_t model, const int32_t * tokens, int32_t n, int32_t flags,
                                                char * buf, int32_t cap) {
-    return guarded(model, [&] {
+    return guarded([&] {
         require(n >= 0 && (tokens || n == 0), "invalid token buffer");
         tok_flags_check(flags);
         auto m = lookup(reg().models, model, "model");
@@ -684,8 +682,8 @@ WL_EXPORT(wl_detokenize) int32_t wl_detokenize(int32_t model, const int32_t * to
     });
 }
 
-WL_EXPORT(wl_token_piece) int32_t wl_token_piece(int32_t model, int32_t token, int32_t flags, char * buf, int32_t cap) {
-    return guarded(model, [&] {
+WL_EXPORT(wl_vocab_piece) int32_t wl_vocab_piece(int32_t model, int32_t token, int32_t flags, char * buf, int32_t cap) {
+    return guarded([&] {
         tok_flags_check(flags);
         auto m = lookup(reg().models, model, "model");
         require(token >= 0 && token < llama_vocab_n_tokens(m->vocab()), "token id out of range");
@@ -694,16 +692,16 @@ WL_EXPORT(wl_token_piece) int32_t wl_token_piece(int32_t model, int32_t token, i
     });
 }
 
-WL_EXPORT(wl_token_is_eog) int32_t wl_token_is_eog(int32_t model, int32_t token) {
-    return guarded(model, [&] {
+WL_EXPORT(wl_vocab_is_eog) int32_t wl_vocab_is_eog(int32_t model, int32_t token) {
+    return guarded([&] {
         auto m = lookup(reg().models, model, "model");
         return (int32_t) llama_vocab_is_eog(m->vocab(), token);
     });
 }
 
-WL_EXPORT(wl_chat_apply) int32_t wl_chat_apply(int32_t model, const char * tmpl, const char * packed, int32_t packed_len,
+WL_EXPORT(wl_model_chat_apply) int32_t wl_model_chat_apply(int32_t model, const char * tmpl, const char * packed, int32_t packed_len,
                                                int32_t n_msg, int32_t add_assistant, char * buf, int32_t cap) {
-    return guarded(model, [&] {
+    return guarded([&] {
         require(n_msg >= 0 && packed_len >= 0 && (packed || packed_len == 0), "invalid message buffer");
         auto m = lookup(reg().models, model, "model");
         if (!tmpl) tmpl = llama_model_chat_template(m->model, nullptr);
@@ -740,8 +738,9 @@ WL_EXPORT(wl_chat_apply) int32_t wl_chat_apply(int32_t model, const char * tmpl,
 // ---- contexts --------------------------------------------------------------------------------
 
 WL_EXPORT(wl_context_new) int32_t wl_context_new(int32_t model, const wl_context_params * p) {
-    return guarded(model, [&] {
+    return guarded([&] {
         require(p != nullptr, "params is NULL");
+        require_reserved_zero(p->reserved, "wl_context_params");
         require(p->n_ctx >= 0 && p->n_batch >= 0 && p->n_ubatch >= 0, "sizes must not be negative");
         auto m = lookup(reg().models, model, "model");
         require(llama_model_n_layer(m->model) > 0, "the model was loaded vocab-only: it cannot run a context");
@@ -763,11 +762,14 @@ WL_EXPORT(wl_context_new) int32_t wl_context_new(int32_t model, const wl_context
         if (p->type_v >= 0) cp.type_v = (enum ggml_type) p->type_v;
         cp.offload_kqv = p->offload_kqv != 0;
         if (p->pooling_type >= 0) cp.pooling_type = (enum llama_pooling_type) p->pooling_type;
+        require(p->kv_unified == 0 || p->kv_unified == 1, "kv_unified must be 0 or 1");
+        cp.kv_unified = p->kv_unified != 0;
         cp.no_perf = true;
         auto c = std::make_shared<Context>();
         cp.abort_callback = abort_cb;
         cp.abort_callback_data = c.get();
         t_last_log_error.clear();
+        c->kv_unified = cp.kv_unified;
         c->ctx = llama_init_from_model(m->model, cp);
         if (!c->ctx) {
             std::string msg = "failed to create the context";
@@ -783,8 +785,8 @@ WL_EXPORT(wl_context_new) int32_t wl_context_new(int32_t model, const wl_context
 WL_EXPORT(wl_context_free) int32_t wl_context_free(int32_t ctx) { return erase(reg().contexts, ctx); }
 
 WL_EXPORT(wl_context_info) int32_t wl_context_info(int32_t ctx, int32_t * out, int32_t cap) {
-    return guarded(ctx, [&] {
-        require(out && cap >= 0, "invalid output buffer");
+    return guarded([&] {
+        require(cap >= 0 && (out || cap == 0), "invalid output buffer");
         auto c = lookup(reg().contexts, ctx, "context");
         const int32_t values[] = {(int32_t) llama_n_ctx(c->ctx), (int32_t) llama_n_batch(c->ctx),
                                   (int32_t) llama_n_ubatch(c->ctx), (int32_t) llama_n_seq_max(c->ctx),
@@ -796,7 +798,7 @@ WL_EXPORT(wl_context_info) int32_t wl_context_info(int32_t ctx, int32_t * out, i
 }
 
 WL_EXPORT(wl_context_abort_flag) int32_t wl_context_abort_flag(int32_t ctx, int32_t ** out_ptr) {
-    return guarded(ctx, [&] {
+    return guarded([&] {
         require(out_ptr != nullptr, "out_ptr is NULL");
         auto c = lookup(reg().contexts, ctx, "context");
         *out_ptr = reinterpret_cast<int32_t *>(&c->abort_flag);
@@ -804,61 +806,89 @@ WL_EXPORT(wl_context_abort_flag) int32_t wl_context_abort_flag(int32_t ctx, int3
     });
 }
 
-WL_EXPORT(wl_decode) int32_t wl_decode(int32_t ctx, const int32_t * tokens, int32_t n, const int32_t * pos,
-                                       const int32_t * seq, const int8_t * logits) {
-    return guarded(ctx, [&] {
+WL_EXPORT(wl_context_decode) int32_t wl_context_decode(int32_t ctx, const int32_t * tokens, int32_t n, const int32_t * pos,
+                                                       const int32_t * n_seq_id, const int32_t * seq_ids,
+                                                       const int8_t * outputs) {
+    return guarded([&] {
         require(n > 0 && tokens, "decode needs at least one token");
         auto c = lookup(reg().contexts, ctx, "context");
+        const int32_t n_batch = (int32_t) llama_n_batch(c->ctx);
+        if (n > n_batch) {
+            throw wl_error(WL_E_ARG, "a batch of " + std::to_string(n) + " tokens is larger than n_batch=" +
+                                         std::to_string(n_batch) + ": split it");
+        }
         const llama_vocab * vocab = llama_model_get_vocab(c->model);
         const int32_t n_vocab = llama_vocab_n_tokens(vocab);
         const int32_t n_seq = (int32_t) llama_n_seq_max(c->ctx);
+        const llama_pos n_ctx_seq = (llama_pos) llama_n_ctx_seq(c->ctx);
+        int64_t n_ids = 0;
         for (int32_t i = 0; i < n; i++) {
             require(tokens[i] >= 0 && tokens[i] < n_vocab, "token id out of range");
-            require(!seq || (seq[i] >= 0 && seq[i] < n_seq), "sequence id out of range");
+            const int32_t k = n_seq_id ? n_seq_id[i] : 1;
+            require(k >= 1 && k <= n_seq, "each token needs 1 to n_seq_max sequence ids");
+            require(k == 1 || c->kv_unified, "a token in several sequences needs a context with kv_unified");
+            n_ids += k;
         }
-        const int32_t n_batch = (int32_t) llama_n_batch(c->ctx);
-        // Each llama_decode call replaces the previous outputs: only the final chunk's survive.
-        const int32_t last_chunk = ((n - 1) / n_batch) * n_batch;
-        for (int32_t i = 0; logits && i < last_chunk; i++) {
-            require(logits[i] == 0, "outputs can only be requested for the last n_batch tokens of a decode");
-        }
-        // Next position of each sequence (when the host gives none): tracked here because
-        // the cache only learns about a chunk after it was decoded.
-        std::vector<llama_pos> next((size_t) n_seq, -1);
-        llama_batch batch = llama_batch_init(std::min(n, n_batch), 0, 1);
+        require(!n_seq_id || seq_ids, "n_seq_id without seq_ids");
+        llama_batch batch = llama_batch_init(n, 0, n_seq);
         std::unique_ptr<llama_batch, void (*)(llama_batch *)> guard(&batch, [](llama_batch * b) { llama_batch_free(*b); });
-        int32_t n_outputs = 0;
-        for (int32_t start = 0; start < n; start += n_batch) {
-            const int32_t len = std::min(n_batch, n - start);
-            batch.n_tokens = len;
-            for (int32_t j = 0; j < len; j++) {
-                const int32_t i = start + j;
-                const llama_seq_id s = seq ? seq[i] : 0;
-                if (next[(size_t) s] < 0) next[(size_t) s] = next_pos(c->ctx, s);
-                batch.token[j]     = tokens[i];
-                batch.pos[j]       = pos ? pos[i] : next[(size_t) s];
-                batch.n_seq_id[j]  = 1;
-                batch.seq_id[j][0] = s;
-                batch.logits[j]    = logits ? (logits[i] != 0) : (i == n - 1);
-                next[(size_t) s]   = batch.pos[j] + 1;
-                n_outputs += batch.logits[j] ? 1 : 0;
+        // Next position of each sequence when the host gives none: the cache learns of this
+        // batch only once it is decoded.
+        std::vector<llama_pos> next((size_t) n_seq, -1);
+        std::vector<llama_pos> last((size_t) n_seq, -1);
+        batch.n_tokens = n;
+        int64_t at = 0;
+        for (int32_t i = 0; i < n; i++) {
+            const int32_t k = n_seq_id ? n_seq_id[i] : 1;
+            std::vector<char> seen((size_t) n_seq, 0);
+            for (int32_t j = 0; j < k; j++) {
+                const int32_t s = seq_ids ? seq_ids[at + j] : 0;
+                if (s < 0 || s >= n_seq) {
+                    throw wl_error(WL_E_ARG, "sequence id " + std::to_string(s) + " out of range (n_seq_max=" +
+                                                 std::to_string(n_seq) + ")");
+                }
+                require(!seen[(size_t) s], "a token lists the same sequence twice");
+                seen[(size_t) s] = 1;
+                batch.seq_id[i][j] = s;
             }
-            if (pos == nullptr && next_pos(c->ctx, 0) + len > (llama_pos) llama_n_ctx(c->ctx) && n_seq == 1) {
-                throw wl_error(WL_E_CTX_FULL, "the context is full: " + std::to_string(n - start) +
-                               " more tokens do not fit in n_ctx=" + std::to_string(llama_n_ctx(c->ctx)));
+            batch.n_seq_id[i] = k;
+            const llama_seq_id s0 = batch.seq_id[i][0];
+            if (next[(size_t) s0] < 0) next[(size_t) s0] = next_pos(c->ctx, s0);
+            batch.token[i]  = tokens[i];
+            batch.pos[i]    = pos ? pos[i] : next[(size_t) s0];
+            batch.logits[i] = outputs ? (outputs[i] != 0) : (i == n - 1);
+            for (int32_t j = 0; j < k; j++) {
+                const llama_seq_id s = batch.seq_id[i][j];
+                next[(size_t) s] = batch.pos[i] + 1;
+                last[(size_t) s] = std::max(last[(size_t) s], batch.pos[i]);
             }
-            decode_checked(*c, batch);
+            at += k;
         }
-        return n_outputs;
+        (void) n_ids;
+        for (int32_t s = 0; s < n_seq; s++) {  // "full" is judged per sequence
+            if (last[(size_t) s] >= n_ctx_seq) {
+                throw wl_error(WL_E_CTX_FULL, "sequence " + std::to_string(s) + " is full: position " +
+                                                  std::to_string(last[(size_t) s]) + " does not fit in its " +
+                                                  std::to_string(n_ctx_seq) + " cells");
+            }
+        }
+        decode_checked(*c, batch);
+        return c->n_outputs;
     });
 }
 
-WL_EXPORT(wl_logits) int32_t wl_logits(int32_t ctx, int32_t idx, float * out, int32_t cap) {
-    return guarded(ctx, [&] {
+WL_EXPORT(wl_context_logits) int32_t wl_context_logits(int32_t ctx, int32_t idx, float * out, int32_t cap) {
+    return guarded([&] {
         require(cap >= 0 && (out || cap == 0), "invalid output buffer");
-        require(idx < 0, "logits are addressed from the last output backwards: -1 is the last");
         auto c = lookup(reg().contexts, ctx, "context");
-        require(-(int64_t) idx <= c->n_outputs, "no such output in the last decode");
+        if (idx >= 0) {
+            if (!std::binary_search(c->output_pos.begin(), c->output_pos.end(), idx)) {
+                throw wl_error(WL_E_ARG, "token " + std::to_string(idx) + " of the last decode has no output");
+            }
+        } else if (-(int64_t) idx > c->n_outputs) {
+            throw wl_error(WL_E_ARG, "output " + std::to_string(idx) + " does not exist: the last decode had " +
+                                         std::to_string(c->n_outputs));
+        }
         const int32_t n_vocab = llama_vocab_n_tokens(llama_model_get_vocab(c->model));
         const float * l = llama_get_logits_ith(c->ctx, idx);
         if (!l) throw wl_error(WL_E_ARG, "no logits for output " + std::to_string(idx) + " of the last decode");
@@ -868,88 +898,207 @@ WL_EXPORT(wl_logits) int32_t wl_logits(int32_t ctx, int32_t idx, float * out, in
 }
 
 WL_EXPORT(wl_memory_clear) int32_t wl_memory_clear(int32_t ctx) {
-    return guarded(ctx, [&] {
+    return guarded([&] {
         auto c = lookup(reg().contexts, ctx, "context");
         llama_memory_clear(llama_get_memory(c->ctx), true);
         c->n_outputs = 0;
+        c->output_pos.clear();
         return 0;
     });
 }
 
 WL_EXPORT(wl_memory_seq_rm) int32_t wl_memory_seq_rm(int32_t ctx, int32_t seq, int32_t p0, int32_t p1) {
-    return guarded(ctx, [&] {
+    return guarded([&] {
         auto c = lookup(reg().contexts, ctx, "context");
         require(seq >= -1 && seq < (int32_t) llama_n_seq_max(c->ctx), "sequence id out of range");
         if (!llama_memory_seq_rm(llama_get_memory(c->ctx), seq, p0, p1)) {
-            throw wl_error(WL_E_ARG, "this model's memory cannot remove a partial sequence");
+            throw wl_error(WL_E_UNSUPPORTED, "this model's memory cannot remove a partial sequence");
         }
         c->n_outputs = 0;
+        c->output_pos.clear();
         return 0;
     });
 }
 
 WL_EXPORT(wl_memory_seq_cp) int32_t wl_memory_seq_cp(int32_t ctx, int32_t src, int32_t dst, int32_t p0, int32_t p1) {
-    return guarded(ctx, [&] {
+    return guarded([&] {
         auto c = lookup(reg().contexts, ctx, "context");
         const int32_t n_seq = (int32_t) llama_n_seq_max(c->ctx);
         require(src >= 0 && src < n_seq && dst >= 0 && dst < n_seq, "sequence id out of range");
         require(src != dst, "copying a sequence onto itself");
         // Sequences live in separate KV streams (kv_unified is off): llama.cpp copies only whole
         // streams between them, and asserts otherwise (which would abort the process).
-        require(p0 <= 0 && p1 < 0, "sequences are copied whole: p0 = 0, p1 = -1 (trim with wl_memory_seq_rm)");
+        require(c->kv_unified || (p0 <= 0 && p1 < 0),
+                "sequences are copied whole (p0 = 0, p1 = -1; trim with wl_memory_seq_rm) unless kv_unified");
         llama_memory_seq_cp(llama_get_memory(c->ctx), src, dst, p0, p1);
         return 0;
     });
 }
 
-WL_EXPORT(wl_memory_seq_pos_next) int32_t wl_memory_seq_pos_next(int32_t ctx, int32_t seq) {
-    return guarded(ctx, [&] {
+WL_EXPORT(wl_memory_seq_keep) int32_t wl_memory_seq_keep(int32_t ctx, int32_t seq) {
+    return guarded([&] {
         auto c = lookup(reg().contexts, ctx, "context");
         require(seq >= 0 && seq < (int32_t) llama_n_seq_max(c->ctx), "sequence id out of range");
-        return (int32_t) next_pos(c->ctx, seq);
+        llama_memory_seq_keep(llama_get_memory(c->ctx), seq);
+        c->n_outputs = 0;
+        c->output_pos.clear();
+        return 0;
     });
+}
+
+WL_EXPORT(wl_memory_seq_add) int32_t wl_memory_seq_add(int32_t ctx, int32_t seq, int32_t p0, int32_t p1, int32_t delta) {
+    return guarded([&] {
+        auto c = lookup(reg().contexts, ctx, "context");
+        require(seq >= 0 && seq < (int32_t) llama_n_seq_max(c->ctx), "sequence id out of range");
+        if (!llama_memory_can_shift(llama_get_memory(c->ctx))) {
+            throw wl_error(WL_E_UNSUPPORTED, "this model's memory cannot shift positions");
+        }
+        llama_memory_seq_add(llama_get_memory(c->ctx), seq, p0, p1, delta);
+        return 0;
+    });
+}
+
+static int32_t seq_pos(int32_t ctx, int32_t seq, llama_pos (*get)(llama_memory_t, llama_seq_id)) {
+    return guarded([&] {
+        auto c = lookup(reg().contexts, ctx, "context");
+        require(seq >= 0 && seq < (int32_t) llama_n_seq_max(c->ctx), "sequence id out of range");
+        return (int32_t) get(llama_get_memory(c->ctx), seq);
+    });
+}
+
+WL_EXPORT(wl_memory_seq_pos_min) int32_t wl_memory_seq_pos_min(int32_t ctx, int32_t seq) {
+    return seq_pos(ctx, seq, llama_memory_seq_pos_min);
+}
+
+WL_EXPORT(wl_memory_seq_pos_max) int32_t wl_memory_seq_pos_max(int32_t ctx, int32_t seq) {
+    return seq_pos(ctx, seq, llama_memory_seq_pos_max);
 }
 
 // ---- samplers --------------------------------------------------------------------------------
 
-WL_EXPORT(wl_sampler_new) int32_t wl_sampler_new(int32_t model, const wl_sampler_params * p) {
-    return guarded(model, [&] {
-        require(p != nullptr, "params is NULL");
-        auto m = lookup(reg().models, model, "model");
+WL_EXPORT(wl_sampler_chain_new) int32_t wl_sampler_chain_new(int32_t model) {
+    return guarded([&] {
         auto s = std::make_shared<Sampler>();
+        s->model = lookup(reg().models, model, "model");
         s->chain = llama_sampler_chain_init(llama_sampler_chain_default_params());
-        auto add = [&](llama_sampler * x) { llama_sampler_chain_add(s->chain, x); };
-        const bool penalties = p->repeat_penalty != 1.0f || p->frequency_penalty != 0.0f || p->presence_penalty != 0.0f;
-        if (penalties) {
-            require(p->penalty_last_n >= 0, "penalty_last_n must not be negative");
-            add(llama_sampler_init_penalties(llama_vocab_n_tokens(m->vocab()), p->penalty_last_n, p->repeat_penalty, p->frequency_penalty, p->presence_penalty));
-        }
-        if (p->temperature <= 0.0f) {
-            add(llama_sampler_init_greedy());
-        } else {
-            // The order of llama.cpp's common sampler: truncate, then temperature, then draw.
-            if (p->top_k > 0) add(llama_sampler_init_top_k(p->top_k));
-            if (p->typical_p < 1.0f) add(llama_sampler_init_typical(p->typical_p, 1));
-            if (p->top_p < 1.0f) add(llama_sampler_init_top_p(p->top_p, 1));
-            if (p->min_p > 0.0f) add(llama_sampler_init_min_p(p->min_p, 1));
-            add(llama_sampler_init_temp(p->temperature));
-            add(llama_sampler_init_dist(p->seed));
-        }
         return insert(reg().samplers, s);
+    });
+}
+
+WL_EXPORT(wl_sampler_chain_add) int32_t wl_sampler_chain_add(int32_t sampler, int32_t type, const float * f, int32_t nf,
+                                                             const int32_t * iv, int32_t ni, const char * text,
+                                                             int32_t text_len) {
+    return guarded([&] {
+        auto s = lookup(reg().samplers, sampler, "sampler");
+        require(nf >= 0 && (f || nf == 0) && ni >= 0 && (iv || ni == 0) && text_len >= 0 && (text || text_len == 0),
+                "invalid parameter buffers");
+        const llama_vocab * vocab = s->model->vocab();
+        const int32_t n_vocab = llama_vocab_n_tokens(vocab);
+        auto need = [&](int32_t want_f, int32_t want_i) {
+            if (nf != want_f || ni != want_i) {
+                throw wl_error(WL_E_ARG, "sampler type " + std::to_string(type) + " takes " + std::to_string(want_f) +
+                                             " floats and " + std::to_string(want_i) + " ints");
+            }
+        };
+        const std::string str(text ? text : "", (size_t) text_len);
+        llama_sampler * x = nullptr;
+        switch (type) {
+            case WL_SAMPLER_GREEDY:  need(0, 0); x = llama_sampler_init_greedy(); break;
+            case WL_SAMPLER_DIST:    need(0, 1); x = llama_sampler_init_dist((uint32_t) iv[0]); break;
+            case WL_SAMPLER_TEMP:    need(1, 0); x = llama_sampler_init_temp(f[0]); break;
+            case WL_SAMPLER_TEMP_EXT: need(3, 0); x = llama_sampler_init_temp_ext(f[0], f[1], f[2]); break;
+            case WL_SAMPLER_TOP_K:   need(0, 1); x = llama_sampler_init_top_k(iv[0]); break;
+            case WL_SAMPLER_TOP_P:   need(1, 1); x = llama_sampler_init_top_p(f[0], (size_t) std::max(iv[0], 1)); break;
+            case WL_SAMPLER_MIN_P:   need(1, 1); x = llama_sampler_init_min_p(f[0], (size_t) std::max(iv[0], 1)); break;
+            case WL_SAMPLER_TYPICAL: need(1, 1); x = llama_sampler_init_typical(f[0], (size_t) std::max(iv[0], 1)); break;
+            case WL_SAMPLER_PENALTIES:
+                need(3, 1);
+                require(iv[0] >= -1, "penalty_last_n must be >= -1");
+                x = llama_sampler_init_penalties(n_vocab, iv[0], f[0], f[1], f[2]);
+                break;
+            case WL_SAMPLER_DRY: {
+                need(2, 2);  // multiplier, base; allowed_length, penalty_last_n; text: breakers, NUL-separated
+                std::vector<std::string> breakers;
+                for (size_t a = 0; a < str.size();) {
+                    size_t b = str.find('\0', a);
+                    if (b == std::string::npos) b = str.size();
+                    if (b > a) breakers.push_back(str.substr(a, b - a));
+                    a = b + 1;
+                }
+                std::vector<const char *> ptrs;
+                for (auto & b : breakers) ptrs.push_back(b.c_str());
+                x = llama_sampler_init_dry(vocab, f[0], f[1], iv[0], iv[1], ptrs.data(), ptrs.size());
+                break;
+            }
+            case WL_SAMPLER_XTC:
+                need(2, 2);
+                x = llama_sampler_init_xtc(f[0], f[1], (size_t) std::max(iv[0], 1), (uint32_t) iv[1]);
+                break;
+            case WL_SAMPLER_MIROSTAT:
+                need(2, 2);  // tau, eta; seed, m
+                x = llama_sampler_init_mirostat(n_vocab, (uint32_t) iv[0], f[0], f[1], iv[1]);
+                break;
+            case WL_SAMPLER_MIROSTAT_V2:
+                need(2, 1);
+                x = llama_sampler_init_mirostat_v2((uint32_t) iv[0], f[0], f[1]);
+                break;
+            case WL_SAMPLER_LOGIT_BIAS: {
+                require(nf == ni, "logit bias takes one float per token id");
+                std::vector<llama_logit_bias> bias((size_t) ni);
+                for (int32_t k = 0; k < ni; k++) {
+                    require(iv[k] >= 0 && iv[k] < n_vocab, "logit bias: token id out of range");
+                    bias[(size_t) k] = {iv[k], f[k]};
+                }
+                x = llama_sampler_init_logit_bias(n_vocab, ni, bias.data());
+                break;
+            }
+            case WL_SAMPLER_GRAMMAR: {
+                need(0, 0);  // text: the GBNF grammar, NUL, the root rule
+                const size_t nul = str.find('\0');
+                const std::string grammar = str.substr(0, nul);
+                const std::string root = nul == std::string::npos ? "root" : str.substr(nul + 1);
+                t_last_log_error.clear();
+                x = llama_sampler_init_grammar(vocab, grammar.c_str(), root.c_str());
+                if (!x) {
+                    throw wl_error(WL_E_ARG, "the grammar does not parse" +
+                                                 (t_last_log_error.empty() ? std::string() : ": " + t_last_log_error));
+                }
+                break;
+            }
+            default: throw wl_error(WL_E_ARG, "unknown sampler type " + std::to_string(type));
+        }
+        if (!x) throw wl_error(WL_E_INTERNAL, "llama.cpp could not make sampler type " + std::to_string(type));
+        llama_sampler_chain_add(s->chain, x);
+        return llama_sampler_chain_n(s->chain);
+    });
+}
+
+WL_EXPORT(wl_sampler_sample) int32_t wl_sampler_sample(int32_t sampler, int32_t ctx, int32_t idx) {
+    return guarded([&] {
+        auto s = lookup(reg().samplers, sampler, "sampler");
+        auto c = lookup(reg().contexts, ctx, "context");
+        if (idx >= 0) {
+            require(std::binary_search(c->output_pos.begin(), c->output_pos.end(), idx),
+                    "that token of the last decode has no output");
+        } else {
+            require(-(int64_t) idx <= c->n_outputs, "no such output in the last decode");
+        }
+        require(llama_sampler_chain_n(s->chain) > 0, "the sampler chain is empty");
+        return (int32_t) llama_sampler_sample(s->chain, c->ctx, idx);
     });
 }
 
 WL_EXPORT(wl_sampler_free) int32_t wl_sampler_free(int32_t sampler) { return erase(reg().samplers, sampler); }
 
 WL_EXPORT(wl_sampler_reset) int32_t wl_sampler_reset(int32_t sampler) {
-    return guarded(sampler, [&] {
+    return guarded([&] {
         llama_sampler_reset(lookup(reg().samplers, sampler, "sampler")->chain);
         return 0;
     });
 }
 
 WL_EXPORT(wl_sampler_accept) int32_t wl_sampler_accept(int32_t sampler, const int32_t * tokens, int32_t n) {
-    return guarded(sampler, [&] {
+    return guarded([&] {
         require(n >= 0 && (tokens || n == 0), "invalid token buffer");
         auto s = lookup(reg().samplers, sampler, "sampler");
         for (int32_t i = 0; i < n; i++) llama_sampler_accept(s->chain, tokens[i]);
@@ -957,58 +1106,10 @@ WL_EXPORT(wl_sampler_accept) int32_t wl_sampler_accept(int32_t sampler, const in
     });
 }
 
-WL_EXPORT(wl_generate) int32_t wl_generate(int32_t ctx, int32_t sampler, int32_t seq, int32_t max_tokens,
-                                           int32_t * out, int32_t * stop_reason) {
-    return guarded(ctx, [&] {
-        require(max_tokens >= 0 && (out || max_tokens == 0) && stop_reason, "invalid output buffers");
-        auto c = lookup(reg().contexts, ctx, "context");
-        auto s = lookup(reg().samplers, sampler, "sampler");
-        require(seq >= 0 && seq < (int32_t) llama_n_seq_max(c->ctx), "sequence id out of range");
-        const llama_vocab * vocab = llama_model_get_vocab(c->model);
-        const llama_pos n_ctx = (llama_pos) llama_n_ctx(c->ctx);
-        *stop_reason = WL_STOP_LENGTH;
-        int32_t n = 0;
-        while (n < max_tokens) {
-            // Sampling reads the last output's logits; the sampled token is then decoded so the
-            // next call (or iteration) finds fresh logits.
-            if (c->n_outputs == 0) throw wl_error(WL_E_ARG, "nothing to sample from: decode a prompt first");
-            const llama_token tok = llama_sampler_sample(s->chain, c->ctx, -1);
-            if (llama_vocab_is_eog(vocab, tok)) {
-                *stop_reason = WL_STOP_EOG;
-                break;
-            }
-            out[n++] = tok;
-            const llama_pos p = next_pos(c->ctx, seq);
-            if (p >= n_ctx) {
-                *stop_reason = WL_STOP_CTX_FULL;
-                break;
-            }
-            llama_token t = tok;
-            llama_pos pp = p;
-            int32_t one = 1;
-            llama_seq_id sid = seq;
-            llama_seq_id * sids = &sid;
-            int8_t out_flag = 1;
-            llama_batch b = {1, &t, nullptr, &pp, &one, &sids, &out_flag};
-            try {
-                decode_checked(*c, b);
-            } catch (const wl_error & e) {
-                // The tokens so far are real (and all but the last are in the cache): return
-                // them, with the failure as a negative stop reason and the message on ctx.
-                set_error(ctx, e.what());
-                *stop_reason = e.code;
-                break;
-            }
-        }
-        return n;
-    });
-}
-
-
-WL_EXPORT(wl_generate_multi) int32_t wl_generate_multi(int32_t ctx, int32_t n, const int32_t * seqs, const int32_t * samplers,
+WL_EXPORT(wl_context_generate) int32_t wl_context_generate(int32_t ctx, int32_t n, const int32_t * seqs, const int32_t * samplers,
                                                        const int32_t * pending, const int32_t * max_tokens, int32_t stride,
                                                        int32_t * out, int32_t * n_out, int32_t * stop) {
-    return guarded(ctx, [&] {
+    return guarded([&] {
         require(n > 0 && seqs && samplers && pending && max_tokens && out && n_out && stop, "invalid arguments");
         auto c = lookup(reg().contexts, ctx, "context");
         const int32_t n_seq = (int32_t) llama_n_seq_max(c->ctx);
@@ -1026,6 +1127,7 @@ WL_EXPORT(wl_generate_multi) int32_t wl_generate_multi(int32_t ctx, int32_t n, c
             require(pending[i] >= 0 && pending[i] < n_vocab, "pending token id out of range");
             require(max_tokens[i] >= 0 && max_tokens[i] <= stride, "max_tokens must be in [0, stride]");
             chains[(size_t) i] = lookup(reg().samplers, samplers[i], "sampler");
+            require(llama_sampler_chain_n(chains[(size_t) i]->chain) > 0, "a sampler chain is empty");
             n_out[i] = 0;
             stop[i] = WL_STOP_LENGTH;
         }

@@ -3,20 +3,18 @@
  *
  * The same source is compiled into wasm/llama.wasm (wasm32-wasi) and natively into
  * libwasillama_native (native_fallback/). Rules that keep both builds interchangeable:
+ *   - names are wl_<object>_<verb> (library, model, vocab, context, memory, sampler);
  *   - objects are opaque int32 handles (> 0); 0 is never a valid handle;
  *   - every call returns an int32: >= 0 on success (a handle, a count or a length), a negative
- *     WL_E_* status on failure; the message is then available from wl_last_error(handle)
- *     (handle 0 holds errors of calls that had no valid handle, e.g. a failed load);
+ *     WL_E_* status on failure; its message is then wl_error_last()'s, per thread (errno-style),
+ *     and there is no other error channel;
  *   - buffers travel as (pointer, capacity); a call that produces a variable-length result
  *     returns the full length even when it exceeds the capacity, so the host can grow and retry;
  *   - parameter structs hold only fixed-width scalars (no pointers, no bool, no enums), so their
- *     layout is identical on wasm32 and on 64-bit hosts; the Python host mirrors them in
- *     src/wasillama/_abi.py, and static_asserts here pin their sizes;
+ *     layout is identical on wasm32 and on 64-bit hosts; static_asserts pin their sizes, and
+ *     their reserved fields must be zero (a newer host setting a field this build does not know
+ *     is refused, not ignored); src/wasillama/shim/abi.py mirrors them (tests/test_abi.py);
  *   - no C++ type, exception or allocation crosses the boundary.
- *
- * Threads: model handles may be used from several threads at once natively; a context handle
- * and its samplers must be used by one thread at a time (the Python host enforces this).
- * Errors of calls without a handle (handle 0) are kept per thread.
  */
 #ifndef WASILLAMA_SHIM_H
 #define WASILLAMA_SHIM_H
@@ -27,9 +25,15 @@
 extern "C" {
 #endif
 
+/* ABI version: wl_abi_version() returns (WL_ABI_VERSION << 16) | WL_ABI_MINOR. The major number
+ * changes with any incompatible change; the minor one with additions (new functions, new struct
+ * fields in reserved space, new values). A host built for major M, minor m uses a module with
+ * major M and minor >= m, and refuses any other, naming both versions. */
 #define WL_ABI_VERSION 2
+#define WL_ABI_MINOR   0
 
-/* Status codes (negative returns). Keep in sync with src/wasillama/_abi.py. */
+/* Status codes (negative returns); the message is then wl_error_last()'s. Mirrored by
+ * src/wasillama/shim/abi.py (tests/test_abi.py holds the two together). */
 #define WL_E_HANDLE      (-1)  /* unknown or already freed handle */
 #define WL_E_ARG         (-2)  /* invalid argument */
 #define WL_E_LOAD        (-3)  /* the model file could not be loaded (corrupt, unsupported, ...) */
@@ -39,18 +43,33 @@ extern "C" {
 #define WL_E_ABORTED     (-7)  /* the host raised the context's abort flag */
 #define WL_E_TEMPLATE    (-8)  /* the chat template is missing or unsupported */
 #define WL_E_INTERNAL    (-9)  /* an unexpected exception inside llama.cpp */
-#define WL_E_UNSUPPORTED (-10) /* this build cannot do that (e.g. a path load inside wasm) */
+#define WL_E_UNSUPPORTED (-10) /* this build or model cannot do that (e.g. a path load inside wasm) */
 
-/* Why wl_generate stopped (written to *stop_reason). */
+/* Why a sequence stopped in wl_context_generate (its stop[i]). */
 #define WL_STOP_LENGTH   0     /* produced max_tokens */
 #define WL_STOP_EOG      1     /* the model produced an end-of-generation token (not returned) */
-#define WL_STOP_CTX_FULL 2     /* no room for another token: the last token returned is not in the cache */
-/* A negative stop reason is the WL_E_* status of a decode that failed (e.g. WL_E_ABORTED) after
- * the returned tokens were sampled; the last of them is not in the cache. */
+#define WL_STOP_CTX_FULL 2     /* no room for another token in the sequence */
 
-/* Flags for wl_tokenize / wl_detokenize / wl_token_piece. */
+/* Flags for wl_vocab_tokenize / wl_vocab_detokenize / wl_vocab_piece. */
 #define WL_TOK_ADD_SPECIAL   1 /* tokenize: add BOS/EOS as the model asks; detokenize: keep them */
 #define WL_TOK_PARSE_SPECIAL 2 /* tokenize: parse control tokens; detokenize/piece: render them */
+
+/* Sampler types for wl_sampler_chain_add: (floats; ints; text) each takes. */
+#define WL_SAMPLER_GREEDY      1  /* (;;) */
+#define WL_SAMPLER_DIST        2  /* (; seed;) draws from the distribution */
+#define WL_SAMPLER_TEMP        3  /* (t;;) */
+#define WL_SAMPLER_TEMP_EXT    4  /* (t, delta, exponent;;) dynamic temperature */
+#define WL_SAMPLER_TOP_K       5  /* (; k;) */
+#define WL_SAMPLER_TOP_P       6  /* (p; min_keep;) */
+#define WL_SAMPLER_MIN_P       7  /* (p; min_keep;) */
+#define WL_SAMPLER_TYPICAL     8  /* (p; min_keep;) */
+#define WL_SAMPLER_PENALTIES   9  /* (repeat, frequency, presence; last_n;) */
+#define WL_SAMPLER_DRY        10  /* (multiplier, base; allowed_length, last_n; breakers, NUL-separated) */
+#define WL_SAMPLER_XTC        11  /* (p, t; min_keep, seed;) */
+#define WL_SAMPLER_MIROSTAT   12  /* (tau, eta; seed, m;) */
+#define WL_SAMPLER_MIROSTAT_V2 13 /* (tau, eta; seed;) */
+#define WL_SAMPLER_LOGIT_BIAS 14  /* (bias per token; token ids;) */
+#define WL_SAMPLER_GRAMMAR    15  /* (;; GBNF grammar, NUL, root rule) */
 
 typedef struct wl_model_params {
     int32_t n_gpu_layers;   /* native only; -1 = all */
@@ -98,28 +117,25 @@ typedef struct wl_context_params {
     int32_t type_v;         /* ggml_type of the V cache, -1 = default */
     int32_t offload_kqv;    /* native only, 0/1 */
     int32_t pooling_type;   /* llama_pooling_type, -1 = from the model */
-    int32_t reserved[4];
+    int32_t kv_unified;     /* 0: each sequence its own KV stream of n_ctx / n_seq_max cells (the
+                               default: sequences compute exactly as alone); 1: one buffer for
+                               all, where a token may belong to several sequences and copies
+                               between sequences may be partial */
+    int32_t reserved[3];
 } wl_context_params;
 
-typedef struct wl_sampler_params {
-    uint32_t seed;
-    float    temperature;   /* <= 0: greedy */
-    int32_t  top_k;         /* <= 0: off */
-    float    top_p;         /* >= 1: off */
-    float    min_p;         /* <= 0: off */
-    float    typical_p;     /* >= 1: off */
-    float    repeat_penalty;   /* 1: off */
-    int32_t  penalty_last_n;   /* how many recent tokens the penalties consider */
-    float    frequency_penalty;
-    float    presence_penalty;
-    int32_t  reserved[6];
-} wl_sampler_params;
-
-/* ---- library ---------------------------------------------------------------------------- */
+/* ---- library ----------------------------------------------------------------------------
+ * Ownership: every object is an int32 handle (> 0, never reused while live) freed by its
+ * wl_*_free. A context or sampler chain holds a reference to its model: freeing the model
+ * handle with contexts alive is allowed, and the weights go with the last of them. Buffers the
+ * host passes are read during the call only; returned pointers (wl_context_abort_flag) stay
+ * valid until their object is freed.
+ * Threads: natively a model may be used from several threads at once; a context and its
+ * sampler chains by one thread at a time. Inside wasm the host serialises every call. */
 int32_t wl_abi_version(void);
 int32_t wl_init(void);
-/* Copies the last error message of `handle` (0: global) into buf; returns its full length. */
-int32_t wl_last_error(int32_t handle, char * buf, int32_t cap);
+/* The message of the last call that failed on this thread (errno-style); returns its length. */
+int32_t wl_error_last(char * buf, int32_t cap);
 /* Copies the build description ("ggml VERSION, llama.cpp COMMIT | system info") into buf. */
 int32_t wl_system_info(char * buf, int32_t cap);
 /* One line per compute device ggml sees: "name\tdescription\ttype\tfree_bytes\ttotal_bytes\n". */
@@ -142,20 +158,19 @@ int32_t wl_model_meta_value(int32_t model, int32_t i, char * buf, int32_t cap);
 int32_t wl_model_desc(int32_t model, char * buf, int32_t cap);
 /* The model's chat template (name NULL or "" = default); WL_E_TEMPLATE when it has none. */
 int32_t wl_model_chat_template(int32_t model, const char * name, char * buf, int32_t cap);
-
-/* ---- vocabulary (thread-safe per model) ------------------------------------------------- */
-int32_t wl_tokenize(int32_t model, const char * text, int32_t len, int32_t flags,
-                    int32_t * out, int32_t cap);
-int32_t wl_detokenize(int32_t model, const int32_t * tokens, int32_t n, int32_t flags,
-                      char * buf, int32_t cap);
-int32_t wl_token_piece(int32_t model, int32_t token, int32_t flags, char * buf, int32_t cap);
-/* 1 if the token ends generation, 0 if not. */
-int32_t wl_token_is_eog(int32_t model, int32_t token);
-
 /* Render messages with a chat template (tmpl NULL = the model's default).
  * `packed` holds n_msg (role, content) pairs as consecutive NUL-terminated strings. */
-int32_t wl_chat_apply(int32_t model, const char * tmpl, const char * packed, int32_t packed_len,
-                      int32_t n_msg, int32_t add_assistant, char * buf, int32_t cap);
+int32_t wl_model_chat_apply(int32_t model, const char * tmpl, const char * packed, int32_t packed_len,
+                            int32_t n_msg, int32_t add_assistant, char * buf, int32_t cap);
+
+/* ---- vocabulary (of a model; thread-safe) --------------------------------------------------- */
+int32_t wl_vocab_tokenize(int32_t model, const char * text, int32_t len, int32_t flags,
+                          int32_t * out, int32_t cap);
+int32_t wl_vocab_detokenize(int32_t model, const int32_t * tokens, int32_t n, int32_t flags,
+                            char * buf, int32_t cap);
+int32_t wl_vocab_piece(int32_t model, int32_t token, int32_t flags, char * buf, int32_t cap);
+/* 1 if the token ends generation, 0 if not. */
+int32_t wl_vocab_is_eog(int32_t model, int32_t token);
 
 /* ---- contexts (one thread at a time) ---------------------------------------------------- */
 int32_t wl_context_new(int32_t model, const wl_context_params * params);
@@ -167,47 +182,24 @@ int32_t wl_context_info(int32_t ctx, int32_t * out, int32_t cap);
  * decode clears it when it returns, so a late abort does not stop the next one. */
 int32_t wl_context_abort_flag(int32_t ctx, int32_t ** out_ptr);
 
-/* Decode n tokens, split into n_batch-sized llama_decode calls.
- * pos NULL: continue after the last position of each token's sequence.
- * seq NULL: every token goes to sequence 0.
- * logits NULL: outputs for the last token only; else one byte per token (0/1), only within the
- * last n_batch tokens (each llama_decode replaces the previous outputs).
- * Returns the number of outputs. On failure the cache may hold part of the tokens (earlier
- * chunks, and ubatches llama.cpp finished before an abort): the host should clear what it
- * cannot account for. */
-int32_t wl_decode(int32_t ctx, const int32_t * tokens, int32_t n, const int32_t * pos,
-                  const int32_t * seq, const int8_t * logits);
-/* Copies the logits of an output of the last decode into out; returns n_vocab.
- * idx counts back from the last output: -1 is the last, -2 the one before. */
-int32_t wl_logits(int32_t ctx, int32_t idx, float * out, int32_t cap);
+/* Decodes one batch of n <= n_batch tokens in one llama_decode (the caller splits longer
+ * input, so it knows what each call did). Token i goes to n_seq_id[i] sequences listed in turn
+ * in seq_ids (n_seq_id NULL: one each, seq_ids[i]; seq_ids NULL too: sequence 0; several need
+ * kv_unified), at pos[i]
+ * (pos NULL: after the last position of its first sequence), with an output when outputs[i]
+ * is 1 (outputs NULL: the last token only). "Full" is judged per sequence (llama_n_ctx_seq
+ * cells each): WL_E_CTX_FULL names the sequence. Returns the number of outputs. On failure
+ * (abort, no KV slot) the cache may hold ubatches llama.cpp finished: the host drops what it
+ * cannot account for (wl_memory_seq_rm). */
+int32_t wl_context_decode(int32_t ctx, const int32_t * tokens, int32_t n, const int32_t * pos,
+                          const int32_t * n_seq_id, const int32_t * seq_ids, const int8_t * outputs);
+/* Copies the logits of an output of the last decode into out; returns n_vocab. idx >= 0: the
+ * batch position of a token that had an output; idx < 0: counts back from the last output. */
+int32_t wl_context_logits(int32_t ctx, int32_t idx, float * out, int32_t cap);
 
-/* KV cache per sequence (seq -1 = every sequence). p1 < 0 means "to the end". */
-int32_t wl_memory_clear(int32_t ctx);
-int32_t wl_memory_seq_rm(int32_t ctx, int32_t seq, int32_t p0, int32_t p1);
-/* The position after the last one held for seq (0 when it is empty). */
-int32_t wl_memory_seq_pos_next(int32_t ctx, int32_t seq);
-
-/* ---- samplers ----------------------------------------------------------------------------- */
-int32_t wl_sampler_new(int32_t model, const wl_sampler_params * params);
-int32_t wl_sampler_free(int32_t sampler);
-int32_t wl_sampler_reset(int32_t sampler);
-/* Feed tokens the sampler should remember (e.g. the prompt, for repetition penalties). */
-int32_t wl_sampler_accept(int32_t sampler, const int32_t * tokens, int32_t n);
-
-/* Sample from the last output, append the token to sequence `seq` and decode it, up to
- * max_tokens times. Writes the tokens to out and why it stopped to *stop_reason; returns the
- * number of tokens written. An end-of-generation token stops the loop and is not written. */
-int32_t wl_generate(int32_t ctx, int32_t sampler, int32_t seq, int32_t max_tokens,
-                    int32_t * out, int32_t * stop_reason);
-
-/* Makes sequence dst hold what sequence src holds (a shared prefix evaluated once serves several
- * sequences; trim dst with wl_memory_seq_rm). Each sequence has its own KV stream, which llama.cpp
- * copies whole only: p0 must be 0 and p1 -1 (WL_E_ARG otherwise). */
-int32_t wl_memory_seq_cp(int32_t ctx, int32_t src, int32_t dst, int32_t p0, int32_t p1);
-
-/* Generates for n sequences at once, each with its own sampler. For i < n: seqs[i] (distinct,
- * < n_seq_max), samplers[i], pending[i] = a token to decode first, at the next position of
- * seqs[i] (the last prompt token, or the last token a previous call returned), and
+/* Generates for n sequences at once, each with its own sampler chain. For i < n: seqs[i]
+ * (distinct, < n_seq_max), samplers[i], pending[i] = a token to decode first, at the next
+ * position of seqs[i] (the last prompt token, or the last token a previous call returned), and
  * 0 <= max_tokens[i] <= stride. Each step decodes the pending token of every active sequence in
  * ONE llama_decode and samples each from its own output: an end-of-generation token stops it
  * (WL_STOP_EOG; not written), max_tokens[i] tokens stop it (WL_STOP_LENGTH), a sequence whose
@@ -216,9 +208,40 @@ int32_t wl_memory_seq_cp(int32_t ctx, int32_t src, int32_t dst, int32_t p0, int3
  * stop[i]; the last token written is sampled but not decoded (pass it as pending to go on).
  * Returns the number of decode steps. A failed decode (abort, no KV slot) returns its status;
  * out, n_out and stop then hold what was generated before it. */
-int32_t wl_generate_multi(int32_t ctx, int32_t n, const int32_t * seqs, const int32_t * samplers,
-                          const int32_t * pending, const int32_t * max_tokens, int32_t stride,
-                          int32_t * out, int32_t * n_out, int32_t * stop);
+int32_t wl_context_generate(int32_t ctx, int32_t n, const int32_t * seqs, const int32_t * samplers,
+                            const int32_t * pending, const int32_t * max_tokens, int32_t stride,
+                            int32_t * out, int32_t * n_out, int32_t * stop);
+
+/* ---- KV cache, per sequence (seq -1 = every sequence; p1 < 0 = to the end) ---------------- */
+int32_t wl_memory_clear(int32_t ctx);
+/* WL_E_UNSUPPORTED when the model's memory cannot drop part of a sequence (recurrent models). */
+int32_t wl_memory_seq_rm(int32_t ctx, int32_t seq, int32_t p0, int32_t p1);
+/* Makes sequence dst hold what sequence src holds (a shared prefix evaluated once serves several
+ * sequences; trim dst with wl_memory_seq_rm). Each sequence has its own KV stream, which llama.cpp
+ * copies whole only unless the context has kv_unified: p0 must then be 0 and p1 -1 (WL_E_ARG). */
+int32_t wl_memory_seq_cp(int32_t ctx, int32_t src, int32_t dst, int32_t p0, int32_t p1);
+/* Drops every sequence but seq. */
+int32_t wl_memory_seq_keep(int32_t ctx, int32_t seq);
+/* Shifts the positions [p0, p1) of seq by delta (WL_E_UNSUPPORTED if the memory cannot). */
+int32_t wl_memory_seq_add(int32_t ctx, int32_t seq, int32_t p0, int32_t p1, int32_t delta);
+/* The smallest / largest position seq holds; -1 when it is empty. */
+int32_t wl_memory_seq_pos_min(int32_t ctx, int32_t seq);
+int32_t wl_memory_seq_pos_max(int32_t ctx, int32_t seq);
+
+/* ---- sampler chains (each holds a reference to its model) ---------------------------------- */
+/* An empty chain; add samplers in the order they should run. */
+int32_t wl_sampler_chain_new(int32_t model);
+/* Appends a sampler of `type` (WL_SAMPLER_*) with its parameters (see the types' comments);
+ * returns the chain's length. A grammar that does not parse is WL_E_ARG. */
+int32_t wl_sampler_chain_add(int32_t sampler, int32_t type, const float * f, int32_t nf,
+                             const int32_t * i, int32_t ni, const char * text, int32_t text_len);
+int32_t wl_sampler_free(int32_t sampler);
+int32_t wl_sampler_reset(int32_t sampler);
+/* Feed tokens the chain should remember (e.g. the prompt, for repetition penalties). */
+int32_t wl_sampler_accept(int32_t sampler, const int32_t * tokens, int32_t n);
+/* Samples a token from an output of ctx's last decode (idx as for wl_context_logits) and
+ * accepts it; returns the token. */
+int32_t wl_sampler_sample(int32_t sampler, int32_t ctx, int32_t idx);
 
 /* ---- host services -------------------------------------------------------------------------
  * Inside wasm these are imports from module "wasillama"; natively the host registers them. */

@@ -56,6 +56,8 @@ def test_functions_match_the_header() -> None:
 
 def test_constants_match_the_header() -> None:
     assert header_defines("ABI_VERSION") == {"ABI_VERSION": abi.ABI_VERSION}
+    assert header_defines("ABI_MINOR") == {"ABI_MINOR": abi.ABI_MINOR}
+    assert header_defines("SAMPLER_") == {k: getattr(abi, k) for k in dir(abi) if k.startswith("SAMPLER_")}
     errors = {k.removeprefix("E_"): v for k, v in header_defines("E_").items()}
     assert errors == {k.removeprefix("E_"): getattr(abi, k) for k in dir(abi) if k.startswith("E_")}
     assert header_defines("STOP_") == {k: getattr(abi, k) for k in dir(abi) if k.startswith("STOP_")}
@@ -64,7 +66,7 @@ def test_constants_match_the_header() -> None:
 
 @pytest.mark.parametrize(("struct", "layout"), [
     ("wl_model_params", abi.MODEL_PARAMS), ("wl_context_params", abi.CONTEXT_PARAMS),
-    ("wl_sampler_params", abi.SAMPLER_PARAMS), ("wl_model_info", abi.MODEL_INFO)])
+    ("wl_model_info", abi.MODEL_INFO)])
 def test_struct_layouts_match_the_header(struct: str, layout: object) -> None:
     assert header_struct_size(struct) == layout.size  # type: ignore[attr-defined]
 
@@ -84,16 +86,17 @@ def test_the_wasm_module_exports_the_abi() -> None:
         assert [str(r) for r in ftype.results] == ["i32"], name
 
 
-def test_a_module_of_another_abi_version_is_refused() -> None:
+@pytest.mark.parametrize(("version", "why"), [((1 << 16) | 7, "speaks ABI 1.7"), ((3 << 16) | 0, "speaks ABI 3.0")])
+def test_a_module_of_another_abi_version_is_refused(version: int, why: str) -> None:
     from wasillama.shim.backend import ShimBackend
     from wasillama.wasm.engine import compiled_module
     from wasillama.wasm.transport import WasmTransport
 
-    wat = """(module (memory (export "memory") 1)
+    wat = f"""(module (memory (export "memory") 1)
                 (func (export "_initialize"))
-                (func (export "wl_abi_version") (result i32) i32.const 1))"""
+                (func (export "wl_abi_version") (result i32) i32.const {version}))"""
     module = wasmtime.Module(compiled_module().engine, wat)
-    with pytest.raises(BackendError, match=r"speaks ABI 1, this wasillama needs 2"):
+    with pytest.raises(BackendError, match=rf"{why}, this wasillama needs 2\.0 or a later 2\.x"):
         ShimBackend(WasmTransport(module))
 
 

@@ -33,6 +33,7 @@ from .errors import (
     ConcurrentUseError,
     ContextFullError,
     InvalidArgumentError,
+    UnsupportedOptionError,
     WasillamaError,
 )
 from .results import FinishReason, GenerationResult, Timings
@@ -280,7 +281,7 @@ class Context:
                 self._cached[seq] = tokens[:best]
                 return best
             self._backend.memory_seq_rm(self._handle, seq, own, -1)
-        except InvalidArgumentError:  # memory that cannot drop a suffix (recurrent models): start over
+        except UnsupportedOptionError:  # memory that cannot drop a suffix (recurrent models): start over
             self._backend.memory_clear(self._handle)
             self._cached = [[] for _ in range(self.n_seq_max)]
             return 0

@@ -102,14 +102,14 @@ class _Library:
                 self.fns[name] = fn
         except AttributeError as e:
             raise BackendUnavailableError(f"{path} is not a wasillama shim library: {e}") from e
-        version = self.fns["wl_abi_version"]()
-        if version != abi.ABI_VERSION:
+        major, minor = abi.split_version(self.fns["wl_abi_version"]())
+        if major != abi.ABI_VERSION or minor < abi.ABI_MINOR:
             raise BackendUnavailableError(
-                f"{path} implements shim ABI {version}, this wasillama needs {abi.ABI_VERSION}: "
-                "rebuild it (pip install ./native_fallback)")
+                f"{path} implements shim ABI {major}.{minor}, this wasillama needs {abi.ABI_VERSION}.{abi.ABI_MINOR} "
+                f"or a later {abi.ABI_VERSION}.x: rebuild it (pip install ./native_fallback)")
         self.fns["wl_set_host"](ctypes.cast(_READ_CB, ctypes.c_void_p), ctypes.cast(_LOG_CB, ctypes.c_void_p))
         if self.fns["wl_init"]() < 0:
-            raise BackendUnavailableError(f"llama.cpp failed to initialise: {self.string('wl_last_error', 0)}")
+            raise BackendUnavailableError(f"llama.cpp failed to initialise: {self.string('wl_error_last')}")
         self.cpu = self._load_backends()
 
     def string(self, name: str, *args: int | bytes | None) -> str:
@@ -119,7 +119,7 @@ class _Library:
             buf = ctypes.create_string_buffer(cap)
             n = self.fns[name](*args, buf, cap)
             if n < 0:
-                raise BackendUnavailableError(self.string("wl_last_error", 0) or f"{name} failed with status {n}")
+                raise BackendUnavailableError(self.string("wl_error_last") or f"{name} failed with status {n}")
             if n <= cap:
                 return buf.raw[:n].decode("utf-8", "replace")
             cap = n

@@ -13,14 +13,21 @@ from dataclasses import dataclass
 
 from .. import errors
 
-ABI_VERSION = 2
+ABI_VERSION = 2  # the major version: must match
+ABI_MINOR = 0    # additions: the module's minor version must be at least this
+
+
+def split_version(raw: int) -> tuple[int, int]:
+    """wl_abi_version()'s (major << 16) | minor."""
+    return raw >> 16, raw & 0xFFFF
+
 
 # Every function of the ABI: its parameters' kinds, in order. Each returns an int32 status.
 # "ptr" is an address in the transport's memory (a guest offset in wasm, a host address natively).
 FUNCTIONS: dict[str, tuple[str, ...]] = {
     "wl_abi_version": (),
     "wl_init": (),
-    "wl_last_error": ("i32", "ptr", "i32"),
+    "wl_error_last": ("ptr", "i32"),
     "wl_system_info": ("ptr", "i32"),
     "wl_devices": ("ptr", "i32"),
     "wl_model_load_host": ("i32", "i64", "ptr", "ptr", "i32"),
@@ -33,27 +40,31 @@ FUNCTIONS: dict[str, tuple[str, ...]] = {
     "wl_model_meta_value": ("i32", "i32", "ptr", "i32"),
     "wl_model_desc": ("i32", "ptr", "i32"),
     "wl_model_chat_template": ("i32", "ptr", "ptr", "i32"),
-    "wl_tokenize": ("i32", "ptr", "i32", "i32", "ptr", "i32"),
-    "wl_detokenize": ("i32", "ptr", "i32", "i32", "ptr", "i32"),
-    "wl_token_piece": ("i32", "i32", "i32", "ptr", "i32"),
-    "wl_token_is_eog": ("i32", "i32"),
-    "wl_chat_apply": ("i32", "ptr", "ptr", "i32", "i32", "i32", "ptr", "i32"),
+    "wl_model_chat_apply": ("i32", "ptr", "ptr", "i32", "i32", "i32", "ptr", "i32"),
+    "wl_vocab_tokenize": ("i32", "ptr", "i32", "i32", "ptr", "i32"),
+    "wl_vocab_detokenize": ("i32", "ptr", "i32", "i32", "ptr", "i32"),
+    "wl_vocab_piece": ("i32", "i32", "i32", "ptr", "i32"),
+    "wl_vocab_is_eog": ("i32", "i32"),
     "wl_context_new": ("i32", "ptr"),
     "wl_context_free": ("i32",),
     "wl_context_info": ("i32", "ptr", "i32"),
     "wl_context_abort_flag": ("i32", "ptr"),
-    "wl_decode": ("i32", "ptr", "i32", "ptr", "ptr", "ptr"),
-    "wl_logits": ("i32", "i32", "ptr", "i32"),
+    "wl_context_decode": ("i32", "ptr", "i32", "ptr", "ptr", "ptr", "ptr"),
+    "wl_context_logits": ("i32", "i32", "ptr", "i32"),
+    "wl_context_generate": ("i32", "i32", "ptr", "ptr", "ptr", "ptr", "i32", "ptr", "ptr", "ptr"),
     "wl_memory_clear": ("i32",),
     "wl_memory_seq_rm": ("i32", "i32", "i32", "i32"),
-    "wl_memory_seq_pos_next": ("i32", "i32"),
     "wl_memory_seq_cp": ("i32", "i32", "i32", "i32", "i32"),
-    "wl_sampler_new": ("i32", "ptr"),
+    "wl_memory_seq_keep": ("i32", "i32"),
+    "wl_memory_seq_add": ("i32", "i32", "i32", "i32", "i32"),
+    "wl_memory_seq_pos_min": ("i32", "i32"),
+    "wl_memory_seq_pos_max": ("i32", "i32"),
+    "wl_sampler_chain_new": ("i32",),
+    "wl_sampler_chain_add": ("i32", "i32", "ptr", "i32", "ptr", "i32", "ptr", "i32"),
     "wl_sampler_free": ("i32",),
     "wl_sampler_reset": ("i32",),
     "wl_sampler_accept": ("i32", "ptr", "i32"),
-    "wl_generate": ("i32", "i32", "i32", "i32", "ptr", "ptr"),
-    "wl_generate_multi": ("i32", "i32", "ptr", "ptr", "ptr", "ptr", "i32", "ptr", "ptr", "ptr"),
+    "wl_sampler_sample": ("i32", "i32", "i32"),
     # native builds only (host services are imports of the wasm module; its CPU code is built in)
     "wl_set_host": ("ptr", "ptr"),
     "wl_backends_load": ("ptr", "ptr", "ptr", "i32"),
@@ -70,6 +81,22 @@ E_ABORTED = -7
 E_TEMPLATE = -8
 E_INTERNAL = -9
 E_UNSUPPORTED = -10
+
+SAMPLER_GREEDY = 1
+SAMPLER_DIST = 2
+SAMPLER_TEMP = 3
+SAMPLER_TEMP_EXT = 4
+SAMPLER_TOP_K = 5
+SAMPLER_TOP_P = 6
+SAMPLER_MIN_P = 7
+SAMPLER_TYPICAL = 8
+SAMPLER_PENALTIES = 9
+SAMPLER_DRY = 10
+SAMPLER_XTC = 11
+SAMPLER_MIROSTAT = 12
+SAMPLER_MIROSTAT_V2 = 13
+SAMPLER_LOGIT_BIAS = 14
+SAMPLER_GRAMMAR = 15
 
 STOP_LENGTH = 0
 STOP_EOG = 1
@@ -88,7 +115,7 @@ _ERRORS: dict[int, type[errors.WasillamaError]] = {
     E_ABORTED: errors.AbortedError,
     E_TEMPLATE: errors.ChatTemplateError,
     E_INTERNAL: errors.BackendError,
-    E_UNSUPPORTED: errors.BackendUnavailableError,
+    E_UNSUPPORTED: errors.UnsupportedOptionError,
 }
 
 
@@ -115,7 +142,6 @@ def pack_messages(messages: Sequence[tuple[str, str]]) -> bytes:
 
 MODEL_PARAMS = struct.Struct("<16i")
 CONTEXT_PARAMS = struct.Struct("<16i")
-SAMPLER_PARAMS = struct.Struct("<Ififfffiff6i")
 MODEL_INFO = struct.Struct("<24q")
 
 
@@ -154,18 +180,29 @@ class ContextParams:
     type_v: int = -1
     offload_kqv: bool = True
     pooling_type: int = -1
+    kv_unified: bool = False
 
     def pack(self) -> bytes:
         return CONTEXT_PARAMS.pack(
             self.n_ctx, self.n_batch, self.n_ubatch, self.n_seq_max, self.n_threads,
             self.n_threads_batch, int(self.embeddings), self.flash_attn, self.type_k, self.type_v,
-            int(self.offload_kqv), self.pooling_type, 0, 0, 0, 0,
+            int(self.offload_kqv), self.pooling_type, int(self.kv_unified), 0, 0, 0,
         )
 
 
 @dataclass(frozen=True)
+class SamplerStep:
+    """One sampler of a chain, as wl_sampler_chain_add takes it."""
+
+    type: int
+    floats: tuple[float, ...] = ()
+    ints: tuple[int, ...] = ()
+    text: bytes = b""
+
+
+@dataclass(frozen=True)
 class SamplerParams:
-    """Sampler chain options (see wl_sampler_params). temperature <= 0 means greedy."""
+    """Sampling options; `steps()` is the sampler chain they make. temperature <= 0 means greedy."""
 
     seed: int = 0xFFFFFFFF
     temperature: float = 0.8
@@ -178,12 +215,30 @@ class SamplerParams:
     frequency_penalty: float = 0.0
     presence_penalty: float = 0.0
 
-    def pack(self) -> bytes:
-        return SAMPLER_PARAMS.pack(
-            self.seed & 0xFFFFFFFF, self.temperature, self.top_k, self.top_p, self.min_p,
-            self.typical_p, self.repeat_penalty, self.penalty_last_n, self.frequency_penalty,
-            self.presence_penalty, *([0] * 6),
-        )
+    @property
+    def penalised(self) -> bool:
+        return self.repeat_penalty != 1.0 or self.frequency_penalty != 0.0 or self.presence_penalty != 0.0
+
+    def steps(self) -> list[SamplerStep]:
+        """llama.cpp's common order: penalties, then greedy — or truncate, temperature, draw."""
+        out = []
+        if self.penalised:
+            out.append(SamplerStep(SAMPLER_PENALTIES, (self.repeat_penalty, self.frequency_penalty,
+                                                       self.presence_penalty), (self.penalty_last_n,)))
+        if self.temperature <= 0:
+            return [*out, SamplerStep(SAMPLER_GREEDY)]
+        if self.top_k > 0:
+            out.append(SamplerStep(SAMPLER_TOP_K, (), (self.top_k,)))
+        if self.typical_p < 1.0:
+            out.append(SamplerStep(SAMPLER_TYPICAL, (self.typical_p,), (1,)))
+        if self.top_p < 1.0:
+            out.append(SamplerStep(SAMPLER_TOP_P, (self.top_p,), (1,)))
+        if self.min_p > 0.0:
+            out.append(SamplerStep(SAMPLER_MIN_P, (self.min_p,), (1,)))
+        out.append(SamplerStep(SAMPLER_TEMP, (self.temperature,)))
+        seed = self.seed & 0xFFFFFFFF
+        out.append(SamplerStep(SAMPLER_DIST, (), (seed - 2**32 if seed >= 2**31 else seed,)))  # a uint32, as int32
+        return out
 
 
 @dataclass(frozen=True)

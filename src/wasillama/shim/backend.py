@@ -78,11 +78,11 @@ class ShimBackend:
         self._abort_lock = threading.Lock()
         self._abort_flags: dict[int, int] = {}  # context -> host address of its int32 abort flag
         with self._t.lock:
-            version = self._t.call("wl_abi_version")
-            if version != abi.ABI_VERSION:
-                raise BackendError(f"the {self.name} shim speaks ABI {version}, this wasillama needs "
-                                   f"{abi.ABI_VERSION}")
-            self._check("wl_init", 0)
+            major, minor = abi.split_version(self._t.call("wl_abi_version"))
+            if major != abi.ABI_VERSION or minor < abi.ABI_MINOR:
+                raise BackendError(f"the {self.name} shim speaks ABI {major}.{minor}, this wasillama needs "
+                                   f"{abi.ABI_VERSION}.{abi.ABI_MINOR} or a later {abi.ABI_VERSION}.x")
+            self._check("wl_init")
 
     @property
     def transport(self) -> Transport:
@@ -96,17 +96,17 @@ class ShimBackend:
                 raise ClosedError(f"the {self.name} backend was closed")
             return fn()
 
-    def _check(self, name: str, handle: int, *args: int) -> int:
+    def _check(self, name: str, *args: int) -> int:
         """A call that returns a status; a negative one raises its WasillamaError."""
         rc = self._t.call(name, *args)
         if rc < 0:
-            # The shim files errors of unknown handles under handle 0.
-            raise abi.error_for(rc, self._last_error(0 if rc == abi.E_HANDLE else handle))
+            raise abi.error_for(rc, self._last_error())
         return rc
 
-    def _last_error(self, handle: int) -> str:
+    def _last_error(self) -> str:
+        """The message of this thread's last failed call (the shim keeps one per thread)."""
         with self._scratch(4096) as buf:
-            n = self._t.call("wl_last_error", handle, buf, 4096)
+            n = self._t.call("wl_error_last", buf, 4096)
             return self._t.read(buf, min(max(n, 0), 4096)).decode("utf-8", "replace")
 
     @contextmanager
@@ -128,18 +128,18 @@ class ShimBackend:
             self._t.write(p, raw)
             yield p
 
-    def _fill(self, name: str, handle: int, *args: int, cap: int, itemsize: int = 1) -> bytes:
+    def _fill(self, name: str, *args: int, cap: int, itemsize: int = 1) -> bytes:
         """A call that writes up to `cap` items into a buffer (its last two arguments) and returns
         how many it has in all: grow the buffer and retry until they fit."""
         while True:
             with self._scratch(cap * itemsize) as buf:
-                n = self._check(name, handle, *args, buf, cap)
+                n = self._check(name, *args, buf, cap)
                 if n <= cap:
                     return self._t.read(buf, n * itemsize)
             cap = n
 
-    def _string(self, name: str, handle: int, *args: int, cap: int = 1024) -> str:
-        return self._locked(lambda: self._fill(name, handle, *args, cap=cap)).decode("utf-8", "replace")
+    def _string(self, name: str, *args: int, cap: int = 1024) -> str:
+        return self._locked(lambda: self._fill(name, *args, cap=cap)).decode("utf-8", "replace")
 
     def close(self) -> None:
         with self._t.lock, self._abort_lock:
@@ -148,15 +148,15 @@ class ShimBackend:
                 self._abort_flags.clear()
                 self._t.close()
 
-    def last_error(self, handle: int) -> str:
-        return self._locked(lambda: self._last_error(handle))
+    def last_error(self) -> str:
+        return self._locked(self._last_error)
 
     def system_info(self) -> str:
         prefix = getattr(self._t, "info_prefix", "")
-        return prefix + self._string("wl_system_info", 0)
+        return prefix + self._string("wl_system_info")
 
     def devices(self) -> list[Device]:
-        return Device.parse_all(self._string("wl_devices", 0))
+        return Device.parse_all(self._string("wl_devices"))
 
     # ---- models ------------------------------------------------------------------------------
 
@@ -188,13 +188,13 @@ class ShimBackend:
             with self._put(params.pack()) as p, self._put(split if split.size else None) as sp:
                 if source.path is not None and self.capabilities.path_loads:
                     with self._put(os.fsencode(source.path) + b"\0") as path:
-                        return self._check("wl_model_load_path", 0, path, p, sp, split.size)
+                        return self._check("wl_model_load_path", path, p, sp, split.size)
                 # A file is read with pread, not mapped: a file that shrinks under a mapping
                 # raises SIGBUS, which would kill the host process.
                 f = open(source.path, "rb") if source.path is not None else None  # noqa: SIM115
                 sid = self._t.sources.add(f.fileno() if f is not None else source.buffer)  # type: ignore[arg-type]
                 try:
-                    return self._check("wl_model_load_host", 0, sid, size, p, sp, split.size)
+                    return self._check("wl_model_load_host", sid, size, p, sp, split.size)
                 except BackendError as e:
                     if self._t.poisoned is None:
                         raise
@@ -209,36 +209,36 @@ class ShimBackend:
 
     def free_model(self, model: int) -> None:
         # The shim keeps the weights alive until the model's last context is freed.
-        self._locked(lambda: self._check("wl_model_free", model, i32(model, "model")))
+        self._locked(lambda: self._check("wl_model_free", i32(model, "model")))
 
     def model_info(self, model: int) -> ModelInfo:
         def run() -> ModelInfo:
             with self._scratch(abi.MODEL_INFO.size) as p:
-                self._check("wl_model_info_get", model, i32(model, "model"), p)
+                self._check("wl_model_info_get", i32(model, "model"), p)
                 return ModelInfo.unpack(self._t.read(p, abi.MODEL_INFO.size))
 
         return self._locked(run)
 
     def model_metadata(self, model: int) -> dict[str, str]:
         def run() -> dict[str, str]:
-            n = self._check("wl_model_meta_count", model, i32(model, "model"))
+            n = self._check("wl_model_meta_count", i32(model, "model"))
             out: dict[str, str] = {}
             for i in range(n):
-                key = self._fill("wl_model_meta_key", model, model, i, cap=256)
-                out[key.decode("utf-8", "replace")] = self._fill("wl_model_meta_value", model, model, i,
+                key = self._fill("wl_model_meta_key", model, i, cap=256)
+                out[key.decode("utf-8", "replace")] = self._fill("wl_model_meta_value", model, i,
                                                                  cap=256).decode("utf-8", "replace")
             return out
 
         return self._locked(run)
 
     def model_desc(self, model: int) -> str:
-        return self._string("wl_model_desc", model, i32(model, "model"))
+        return self._string("wl_model_desc", i32(model, "model"))
 
     def chat_template(self, model: int, name: str | None = None) -> str | None:
         def run() -> str | None:
             with self._put(name.encode() + b"\0" if name else None) as name_p:
                 try:
-                    return self._fill("wl_model_chat_template", model, model, name_p, cap=4096).decode(
+                    return self._fill("wl_model_chat_template", model, name_p, cap=4096).decode(
                         "utf-8", "replace")
                 except ChatTemplateError:
                     return None
@@ -255,7 +255,7 @@ class ShimBackend:
 
         def run() -> TokenArray:
             with self._put(raw_text) as tp:
-                raw = self._fill("wl_tokenize", model, i32(model, "model"), tp, len(raw_text), flags,
+                raw = self._fill("wl_vocab_tokenize", i32(model, "model"), tp, len(raw_text), flags,
                                  cap=len(raw_text) + 8, itemsize=4)
                 return np.frombuffer(raw, dtype=np.int32).copy()
 
@@ -268,18 +268,18 @@ class ShimBackend:
 
         def run() -> bytes:
             with self._put(arr) as tp:
-                return self._fill("wl_detokenize", model, i32(model, "model"), tp, arr.size, flags,
+                return self._fill("wl_vocab_detokenize", i32(model, "model"), tp, arr.size, flags,
                                   cap=8 * arr.size + 64)
 
         return self._locked(run)
 
     def token_piece(self, model: int, token: int, render_special: bool) -> bytes:
         flags = abi.tok_flags(False, render_special)
-        return self._locked(lambda: self._fill("wl_token_piece", model, i32(model, "model"), i32(token, "token"),
+        return self._locked(lambda: self._fill("wl_vocab_piece", i32(model, "model"), i32(token, "token"),
                                                flags, cap=64))
 
     def token_is_eog(self, model: int, token: int) -> bool:
-        return bool(self._locked(lambda: self._check("wl_token_is_eog", model, i32(model, "model"),
+        return bool(self._locked(lambda: self._check("wl_vocab_is_eog", i32(model, "model"),
                                                      i32(token, "token"))))
 
     def chat_apply(self, model: int, template: str | None, messages: Sequence[tuple[str, str]],
@@ -288,7 +288,7 @@ class ShimBackend:
 
         def run() -> str:
             with self._put(packed) as mp, self._put(template.encode() + b"\0" if template is not None else None) as tp:
-                return self._fill("wl_chat_apply", model, i32(model, "model"), tp, mp, len(packed), len(messages),
+                return self._fill("wl_model_chat_apply", i32(model, "model"), tp, mp, len(packed), len(messages),
                                   int(add_assistant), cap=2 * len(packed) + 1024).decode("utf-8", "replace")
 
         return self._locked(run)
@@ -310,10 +310,10 @@ class ShimBackend:
 
         def run() -> int:
             with self._put(params.pack()) as p:
-                ctx = self._check("wl_context_new", model, i32(model, "model"), p)
+                ctx = self._check("wl_context_new", i32(model, "model"), p)
             try:
                 with self._scratch(self._t.pointer_size) as p:
-                    self._check("wl_context_abort_flag", ctx, ctx, p)
+                    self._check("wl_context_abort_flag", ctx, p)
                     raw = self._t.read(p, self._t.pointer_size)
                     flag = int.from_bytes(raw, "little")
                 host_addr = self._t.host_address(flag, 4)
@@ -329,13 +329,13 @@ class ShimBackend:
     def free_context(self, ctx: int) -> None:
         with self._abort_lock:
             self._abort_flags.pop(ctx, None)  # set_abort can no longer touch its flag
-        self._locked(lambda: self._check("wl_context_free", ctx, i32(ctx, "context")))
+        self._locked(lambda: self._check("wl_context_free", i32(ctx, "context")))
 
     def context_info(self, ctx: int) -> tuple[int, int, int, int, int]:
         """n_ctx, n_batch, n_ubatch, n_seq_max, n_ctx_seq."""
         def run() -> tuple[int, int, int, int, int]:
             with self._scratch(20) as p:
-                self._check("wl_context_info", ctx, i32(ctx, "context"), p, 5)
+                self._check("wl_context_info", i32(ctx, "context"), p, 5)
                 a, b, c, d, e = struct.unpack("<5i", self._t.read(p, 20))
                 return a, b, c, d, e
 
@@ -352,22 +352,33 @@ class ShimBackend:
             ctypes.c_int32.from_address(addr).value = int(on)
 
     def decode(self, ctx: int, tokens: TokenArray, pos: TokenArray | None = None, seq: TokenArray | None = None,
-               logits: npt.NDArray[np.int8] | None = None, *, background: bool = False) -> int:
-        """background=True: one chunk of long work, which lets other threads' calls into the same
-        sandbox go first (see shim.turns)."""
+               logits: npt.NDArray[np.int8] | None = None, *, seq_ids: Sequence[Sequence[int]] | None = None,
+               background: bool = False) -> int:
+        """One batch (at most n_batch tokens: the caller splits). Token i goes to sequence seq[i]
+        (or to every sequence in seq_ids[i]); logits[i] asks for its output. background=True:
+        one chunk of long work, which lets other threads' calls into the same sandbox go first
+        (see shim.turns). Returns the number of outputs."""
         tok = i32_array(tokens, "tokens")
-        extras: list[npt.NDArray[np.generic] | None] = []
-        for name, a in (("pos", pos), ("seq", seq)):
-            extras.append(i32_array(a, name) if a is not None else None)
-        extras.append(np.ascontiguousarray(logits, dtype=np.int8) if logits is not None else None)
-        for name, e in zip(("pos", "seq", "logits"), extras, strict=True):
+        if seq is not None and seq_ids is not None:
+            raise InvalidArgumentError("give seq or seq_ids, not both")
+        n_ids: npt.NDArray[np.int32] | None = None
+        ids: npt.NDArray[np.int32] | None = i32_array(seq, "seq") if seq is not None else None
+        if seq_ids is not None:
+            if len(seq_ids) != tok.size:
+                raise InvalidArgumentError(f"seq_ids must have one entry per token ({tok.size})")
+            n_ids = i32_array([len(x) for x in seq_ids], "seq_ids")
+            ids = i32_array([s for x in seq_ids for s in x], "seq_ids")
+        extras: list[npt.NDArray[np.generic] | None] = [
+            i32_array(pos, "pos") if pos is not None else None,
+            np.ascontiguousarray(logits, dtype=np.int8) if logits is not None else None]
+        for name, e in (("pos", extras[0]), ("seq", ids if n_ids is None else None), ("logits", extras[1])):
             if e is not None and e.shape != tok.shape:
                 raise InvalidArgumentError(f"{name} must have one entry per token ({tok.size})")
 
         def run() -> int:
-            with self._put(tok) as tp, self._put(extras[0]) as pp, self._put(extras[1]) as sp, \
-                    self._put(extras[2]) as lp:
-                return self._check("wl_decode", ctx, i32(ctx, "context"), tp, tok.size, pp, sp, lp)
+            with self._put(tok) as tp, self._put(extras[0]) as pp, self._put(n_ids) as np_, self._put(ids) as sp, \
+                    self._put(extras[1]) as lp:
+                return self._check("wl_context_decode", i32(ctx, "context"), tp, tok.size, pp, np_, sp, lp)
 
         if background:
             with self._t.lock.background():
@@ -376,71 +387,90 @@ class ShimBackend:
 
     def logits(self, ctx: int, idx: int = -1) -> npt.NDArray[np.float32]:
         def run() -> npt.NDArray[np.float32]:
-            n_vocab = self._check("wl_logits", ctx, i32(ctx, "context"), i32(idx, "idx"), 0, 0)  # size query
+            n_vocab = self._check("wl_context_logits", i32(ctx, "context"), i32(idx, "idx"), 0, 0)  # size query
             with self._scratch(4 * n_vocab) as out:
-                self._check("wl_logits", ctx, ctx, idx, out, n_vocab)
+                self._check("wl_context_logits", ctx, idx, out, n_vocab)
                 return np.frombuffer(self._t.read(out, 4 * n_vocab), dtype=np.float32).copy()
 
         return self._locked(run)
 
     def memory_clear(self, ctx: int) -> None:
-        self._locked(lambda: self._check("wl_memory_clear", ctx, i32(ctx, "context")))
+        self._locked(lambda: self._check("wl_memory_clear", i32(ctx, "context")))
 
     def memory_seq_rm(self, ctx: int, seq: int, p0: int, p1: int) -> None:
-        self._locked(lambda: self._check("wl_memory_seq_rm", ctx, i32(ctx, "context"), i32(seq, "seq"),
+        self._locked(lambda: self._check("wl_memory_seq_rm", i32(ctx, "context"), i32(seq, "seq"),
                                          i32(p0, "p0"), i32(p1, "p1")))
 
     def memory_seq_cp(self, ctx: int, src: int, dst: int, p0: int, p1: int) -> None:
-        self._locked(lambda: self._check("wl_memory_seq_cp", ctx, i32(ctx, "context"), i32(src, "src"),
+        self._locked(lambda: self._check("wl_memory_seq_cp", i32(ctx, "context"), i32(src, "src"),
                                          i32(dst, "dst"), i32(p0, "p0"), i32(p1, "p1")))
 
     def memory_seq_pos_max(self, ctx: int, seq: int) -> int:
-        return self._locked(lambda: self._check("wl_memory_seq_pos_next", ctx, i32(ctx, "context"),
-                                                i32(seq, "seq"))) - 1
+        """The largest position seq holds; -1 when it is empty."""
+        return self._locked(lambda: self._check_pos("wl_memory_seq_pos_max", ctx, seq))
+
+    def memory_seq_pos_min(self, ctx: int, seq: int) -> int:
+        return self._locked(lambda: self._check_pos("wl_memory_seq_pos_min", ctx, seq))
+
+    def _check_pos(self, name: str, ctx: int, seq: int) -> int:
+        # -1 (empty) is a position here, not WL_E_HANDLE: look the context up first.
+        rc = self._t.call(name, i32(ctx, "context"), i32(seq, "seq"))
+        if rc < -1:
+            raise abi.error_for(rc, self._last_error())
+        if rc == -1 and (status := self._t.call("wl_context_info", ctx, 0, 0)) < 0:
+            raise abi.error_for(status, self._last_error())
+        return rc
+
+    def memory_seq_keep(self, ctx: int, seq: int) -> None:
+        self._locked(lambda: self._check("wl_memory_seq_keep", i32(ctx, "context"), i32(seq, "seq")))
+
+    def memory_seq_add(self, ctx: int, seq: int, p0: int, p1: int, delta: int) -> None:
+        self._locked(lambda: self._check("wl_memory_seq_add", i32(ctx, "context"), i32(seq, "seq"), i32(p0, "p0"),
+                                         i32(p1, "p1"), i32(delta, "delta")))
 
     # ---- samplers ----------------------------------------------------------------------------
 
     def new_sampler(self, model: int, params: SamplerParams) -> int:
+        """A sampler chain holding a reference to the model, made of params.steps() in order."""
         def run() -> int:
-            with self._put(params.pack()) as p:
-                return self._check("wl_sampler_new", model, i32(model, "model"), p)
+            chain = self._check("wl_sampler_chain_new", i32(model, "model"))
+            try:
+                for step in params.steps():
+                    floats = np.asarray(step.floats, dtype=np.float32) if step.floats else None
+                    ints = i32_array(step.ints, "sampler parameters") if step.ints else None
+                    with self._put(floats) as fp, self._put(ints) as ip, self._put(step.text or None) as tp:
+                        self._check("wl_sampler_chain_add", chain, step.type, fp, len(step.floats), ip,
+                                    len(step.ints), tp, len(step.text))
+            except BaseException:
+                self._t.call("wl_sampler_free", chain)
+                raise
+            return chain
 
         return self._locked(run)
 
     def free_sampler(self, sampler: int) -> None:
-        self._locked(lambda: self._check("wl_sampler_free", sampler, i32(sampler, "sampler")))
+        self._locked(lambda: self._check("wl_sampler_free", i32(sampler, "sampler")))
 
     def sampler_reset(self, sampler: int) -> None:
-        self._locked(lambda: self._check("wl_sampler_reset", sampler, i32(sampler, "sampler")))
+        self._locked(lambda: self._check("wl_sampler_reset", i32(sampler, "sampler")))
 
     def sampler_accept(self, sampler: int, tokens: TokenArray) -> None:
         arr = i32_array(tokens, "tokens")
 
         def run() -> None:
             with self._put(arr) as tp:
-                self._check("wl_sampler_accept", sampler, i32(sampler, "sampler"), tp, arr.size)
+                self._check("wl_sampler_accept", i32(sampler, "sampler"), tp, arr.size)
 
         self._locked(run)
 
-    def generate(self, ctx: int, sampler: int, seq: int, max_tokens: int) -> tuple[TokenArray, int]:
-        n_max = i32(max_tokens, "max_tokens")
-        if n_max < 0:
-            raise InvalidArgumentError("max_tokens must not be negative")
-
-        def run() -> tuple[TokenArray, int]:
-            with self._scratch(4 * n_max + 4) as out:
-                stop_p = out + 4 * n_max
-                n = self._check("wl_generate", ctx, i32(ctx, "context"), i32(sampler, "sampler"), i32(seq, "seq"),
-                                n_max, out, stop_p)
-                stop = struct.unpack("<i", self._t.read(stop_p, 4))[0]
-                return np.frombuffer(self._t.read(out, 4 * n), dtype=np.int32).copy(), stop
-
-        return self._locked(run)
-
+    def sampler_sample(self, sampler: int, ctx: int, idx: int = -1) -> int:
+        """Sample (and accept) a token from an output of ctx's last decode."""
+        return self._locked(lambda: self._check("wl_sampler_sample", i32(sampler, "sampler"), i32(ctx, "context"),
+                                                i32(idx, "idx")))
 
     def generate_multi(self, ctx: int, seqs: Sequence[int], samplers: Sequence[int], pending: Sequence[int],
                        max_tokens: Sequence[int]) -> tuple[list[TokenArray], list[int]]:
-        """wl_generate_multi: per sequence, the tokens written and why it stopped. A failed decode
+        """wl_context_generate: per sequence, the tokens written and why it stopped. A failed decode
         raises; what was generated before it is then lost to the caller (the cache keeps it)."""
         seq_a, smp_a, pend_a, max_a = (i32_array(v, name) for v, name in (
             (seqs, "seqs"), (samplers, "samplers"), (pending, "pending"), (max_tokens, "max_tokens")))
@@ -452,7 +482,7 @@ class ShimBackend:
         def run() -> tuple[list[TokenArray], list[int]]:
             with self._put(seq_a) as sp, self._put(smp_a) as mp, self._put(pend_a) as pp, self._put(max_a) as xp, \
                     self._scratch(4 * n * stride) as out, self._scratch(4 * n) as n_out, self._scratch(4 * n) as stop:
-                self._check("wl_generate_multi", ctx, i32(ctx, "context"), n, sp, mp, pp, xp, stride, out, n_out, stop)
+                self._check("wl_context_generate", i32(ctx, "context"), n, sp, mp, pp, xp, stride, out, n_out, stop)
                 counts = np.frombuffer(self._t.read(n_out, 4 * n), dtype=np.int32)
                 tokens = np.frombuffer(self._t.read(out, 4 * n * stride), dtype=np.int32).reshape(n, stride)
                 stops = np.frombuffer(self._t.read(stop, 4 * n), dtype=np.int32)

@@ -1,0 +1,146 @@
+"""ABI 2 at the Backend protocol, on both backends: batches whose tokens carry their own
+sequences and outputs, output indices the caller maps, per-sequence KV operations, sampler
+chains in the caller's order (a GBNF grammar among them), and bad input as clear errors."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from wasillama.backend import Backend, ModelSource, load_plugin
+from wasillama.errors import ContextFullError, InvalidArgumentError
+from wasillama.shim import abi
+from wasillama.shim.abi import ContextParams, ModelParams, SamplerStep
+
+
+@pytest.fixture(scope="module")
+def shim(backend_name: str, synthetic_model: Path) -> Iterator[tuple[Backend, int]]:
+    plugin = load_plugin(backend_name)
+    be = plugin.create()
+    model = be.load_model(ModelSource.of(synthetic_model), ModelParams())
+    try:
+        yield be, model
+    finally:
+        be.free_model(model)
+        if plugin.per_model:
+            be.close()
+
+
+def _context(be: Backend, model: int, **kw: int | bool) -> int:
+    return be.new_context(model, ContextParams(**{"n_ctx": 512, "n_batch": 64, "n_ubatch": 64, "n_threads": 1,
+                                                  "n_threads_batch": 1, **kw}))
+
+
+def test_outputs_are_addressed_by_batch_position(shim: tuple[Backend, int]) -> None:
+    be, model = shim
+    ctx = _context(be, model, n_seq_max=2)
+    try:
+        tokens = be.tokenize(model, b"one two three four", True, False)
+        n = len(tokens)
+        # the same prompt into sequences 0 and 1, as one batch: outputs at both last tokens
+        batch = np.concatenate([tokens, tokens])
+        seq = np.array([0] * n + [1] * n, dtype=np.int32)
+        pos = np.concatenate([np.arange(n), np.arange(n)]).astype(np.int32)
+        flags = np.zeros(2 * n, dtype=np.int8)
+        flags[[n - 1, 2 * n - 1]] = 1
+        assert be.decode(ctx, batch, pos=pos, seq=seq, logits=flags) == 2
+        a, b = be.logits(ctx, n - 1), be.logits(ctx, 2 * n - 1)
+        np.testing.assert_array_equal(a, b)  # separate KV streams, same input: same numbers
+        np.testing.assert_array_equal(be.logits(ctx, -1), b)
+        with pytest.raises(InvalidArgumentError, match="has no output"):
+            be.logits(ctx, 0)
+        with pytest.raises(InvalidArgumentError, match="does not exist"):
+            be.logits(ctx, -3)
+        assert be.memory_seq_pos_min(ctx, 1) == 0 and be.memory_seq_pos_max(ctx, 1) == n - 1
+    finally:
+        be.free_context(ctx)
+
+
+def test_a_token_in_several_sequences(shim: tuple[Backend, int]) -> None:
+    be, model = shim
+    separate = _context(be, model, n_seq_max=3)
+    try:
+        with pytest.raises(InvalidArgumentError, match="needs a context with kv_unified"):
+            be.decode(separate, np.ones(1, dtype=np.int32), seq_ids=[[0, 1]])
+    finally:
+        be.free_context(separate)
+    ctx = _context(be, model, n_seq_max=3, kv_unified=True)
+    try:
+        tokens = be.tokenize(model, b"shared prefix here", True, False)
+        be.decode(ctx, tokens, seq_ids=[[0, 1, 2]] * len(tokens))
+        assert [be.memory_seq_pos_max(ctx, s) for s in range(3)] == [len(tokens) - 1] * 3
+        with pytest.raises(InvalidArgumentError, match="the same sequence twice"):
+            be.decode(ctx, np.ones(1, dtype=np.int32), seq_ids=[[1, 1]])
+        be.memory_seq_keep(ctx, 1)
+        assert be.memory_seq_pos_max(ctx, 0) == -1 and be.memory_seq_pos_max(ctx, 1) == len(tokens) - 1
+    finally:
+        be.free_context(ctx)
+
+
+def test_bad_batches_are_clear_errors(shim: tuple[Backend, int]) -> None:
+    be, model = shim
+    ctx = _context(be, model, n_seq_max=2)
+    try:
+        with pytest.raises(InvalidArgumentError, match="larger than n_batch=64: split it"):
+            be.decode(ctx, np.ones(65, dtype=np.int32))
+        with pytest.raises(InvalidArgumentError, match="sequence id 2 out of range"):
+            be.decode(ctx, np.ones(2, dtype=np.int32), seq=np.array([0, 2], dtype=np.int32))
+        with pytest.raises(InvalidArgumentError, match="1 to n_seq_max"):
+            be.decode(ctx, np.ones(1, dtype=np.int32), seq_ids=[[0, 1, 0]])
+        with pytest.raises(ContextFullError, match="sequence 1 is full"):
+            be.decode(ctx, np.ones(1, dtype=np.int32), pos=np.array([256], dtype=np.int32),
+                      seq=np.array([1], dtype=np.int32))
+        be.decode(ctx, np.ones(3, dtype=np.int32))  # and the context still works
+    finally:
+        be.free_context(ctx)
+
+
+def _chain(be: Backend, model: int, steps: list[SamplerStep]) -> int:
+    class Steps(abi.SamplerParams):
+        def steps(self) -> list[SamplerStep]:
+            return steps
+
+    return be.new_sampler(model, Steps())
+
+
+def test_sampler_chains_in_the_callers_order(shim: tuple[Backend, int]) -> None:
+    be, model = shim
+    ctx = _context(be, model)
+    try:
+        be.decode(ctx, be.tokenize(model, b"Answer:", True, False))
+        greedy = _chain(be, model, [SamplerStep(abi.SAMPLER_GREEDY)])
+        best = int(np.argmax(be.logits(ctx, -1)))
+        assert be.sampler_sample(greedy, ctx, -1) == best
+        # a logit bias that forbids the best token, then greedy: the second best
+        banned = _chain(be, model, [SamplerStep(abi.SAMPLER_LOGIT_BIAS, (-float("inf"),), (best,)),
+                                    SamplerStep(abi.SAMPLER_GREEDY)])
+        assert be.sampler_sample(banned, ctx, -1) == int(np.argsort(be.logits(ctx, -1))[-2])
+        grammar = _chain(be, model, [SamplerStep(abi.SAMPLER_GRAMMAR, text=b'root ::= "yes" | "no"\0root'),
+                                     SamplerStep(abi.SAMPLER_GREEDY)])
+        piece = be.token_piece(model, be.sampler_sample(grammar, ctx, -1), False).decode()
+        assert piece and ("yes".startswith(piece) or "no".startswith(piece)), piece
+        every = [SamplerStep(abi.SAMPLER_PENALTIES, (1.1, 0.1, 0.1), (64,)),
+                 SamplerStep(abi.SAMPLER_DRY, (0.8, 1.75), (2, 64), b"\n\0."),
+                 SamplerStep(abi.SAMPLER_TOP_K, (), (40,)), SamplerStep(abi.SAMPLER_TYPICAL, (0.95,), (1,)),
+                 SamplerStep(abi.SAMPLER_TOP_P, (0.9,), (1,)), SamplerStep(abi.SAMPLER_MIN_P, (0.05,), (1,)),
+                 SamplerStep(abi.SAMPLER_XTC, (0.5, 0.1), (1, 7)), SamplerStep(abi.SAMPLER_TEMP_EXT, (0.8, 0.2, 1.0)),
+                 SamplerStep(abi.SAMPLER_MIROSTAT_V2, (5.0, 0.1), (7,))]
+        mixed = _chain(be, model, every)
+        assert 0 <= be.sampler_sample(mixed, ctx, -1) < be.model_info(model).n_vocab
+        for h in (greedy, banned, grammar, mixed):
+            be.free_sampler(h)
+    finally:
+        be.free_context(ctx)
+
+
+def test_bad_sampler_steps_are_clear_errors(shim: tuple[Backend, int]) -> None:
+    be, model = shim
+    with pytest.raises(InvalidArgumentError, match="does not parse"):
+        _chain(be, model, [SamplerStep(abi.SAMPLER_GRAMMAR, text=b"root ::= (")])
+    with pytest.raises(InvalidArgumentError, match="takes 1 floats and 0 ints"):
+        _chain(be, model, [SamplerStep(abi.SAMPLER_TEMP, (), (1,))])
+    with pytest.raises(InvalidArgumentError, match="unknown sampler type 99"):
+        _chain(be, model, [SamplerStep(99)])
