@@ -81,6 +81,11 @@ struct Context {
     int32_t n_outputs = 0;
     std::vector<int32_t> output_pos;  // batch positions of the last decode's outputs, in order
     bool kv_unified = false;
+    // After the cache changed or a decode started, the old outputs can no longer be read.
+    void forget_outputs() {
+        n_outputs = 0;
+        output_pos.clear();
+    }
     ~Context() { if (ctx) llama_free(ctx); }
 };
 static_assert(sizeof(std::atomic<int32_t>) == sizeof(int32_t), "the host writes the abort flag as an int32");
@@ -327,14 +332,21 @@ bool abort_cb(void * data) {
     return ((Context *) data)->abort_flag.load(std::memory_order_relaxed) != 0;
 }
 
+// The context `ctx`, once `seq` is known to be one of its sequences (or -1, every sequence,
+// where the call allows it).
+std::shared_ptr<Context> context_seq(int32_t ctx, int32_t seq, bool every = false) {
+    auto c = lookup(reg().contexts, ctx, "context");
+    require((every && seq == -1) || (seq >= 0 && seq < (int32_t) llama_n_seq_max(c->ctx)), "sequence id out of range");
+    return c;
+}
+
 // Positions continue per sequence after the last one held in the KV cache.
 llama_pos next_pos(llama_context * ctx, llama_seq_id seq) {
     return llama_memory_seq_pos_max(llama_get_memory(ctx), seq) + 1;
 }
 
 int32_t decode_checked(Context & c, llama_batch & batch) {
-    c.n_outputs = 0;
-    c.output_pos.clear();
+    c.forget_outputs();
     const int32_t rc = llama_decode(c.ctx, batch);
     // An abort is for the decode in progress: one that arrives as it finishes must not stop
     // the next, unrelated one.
@@ -901,21 +913,18 @@ WL_EXPORT(wl_memory_clear) int32_t wl_memory_clear(int32_t ctx) {
     return guarded([&] {
         auto c = lookup(reg().contexts, ctx, "context");
         llama_memory_clear(llama_get_memory(c->ctx), true);
-        c->n_outputs = 0;
-        c->output_pos.clear();
+        c->forget_outputs();
         return 0;
     });
 }
 
 WL_EXPORT(wl_memory_seq_rm) int32_t wl_memory_seq_rm(int32_t ctx, int32_t seq, int32_t p0, int32_t p1) {
     return guarded([&] {
-        auto c = lookup(reg().contexts, ctx, "context");
-        require(seq >= -1 && seq < (int32_t) llama_n_seq_max(c->ctx), "sequence id out of range");
+        auto c = context_seq(ctx, seq, true);
         if (!llama_memory_seq_rm(llama_get_memory(c->ctx), seq, p0, p1)) {
             throw wl_error(WL_E_UNSUPPORTED, "this model's memory cannot remove a partial sequence");
         }
-        c->n_outputs = 0;
-        c->output_pos.clear();
+        c->forget_outputs();
         return 0;
     });
 }
@@ -937,19 +946,16 @@ WL_EXPORT(wl_memory_seq_cp) int32_t wl_memory_seq_cp(int32_t ctx, int32_t src, i
 
 WL_EXPORT(wl_memory_seq_keep) int32_t wl_memory_seq_keep(int32_t ctx, int32_t seq) {
     return guarded([&] {
-        auto c = lookup(reg().contexts, ctx, "context");
-        require(seq >= 0 && seq < (int32_t) llama_n_seq_max(c->ctx), "sequence id out of range");
+        auto c = context_seq(ctx, seq);
         llama_memory_seq_keep(llama_get_memory(c->ctx), seq);
-        c->n_outputs = 0;
-        c->output_pos.clear();
+        c->forget_outputs();
         return 0;
     });
 }
 
 WL_EXPORT(wl_memory_seq_add) int32_t wl_memory_seq_add(int32_t ctx, int32_t seq, int32_t p0, int32_t p1, int32_t delta) {
     return guarded([&] {
-        auto c = lookup(reg().contexts, ctx, "context");
-        require(seq >= 0 && seq < (int32_t) llama_n_seq_max(c->ctx), "sequence id out of range");
+        auto c = context_seq(ctx, seq);
         if (!llama_memory_can_shift(llama_get_memory(c->ctx))) {
             throw wl_error(WL_E_UNSUPPORTED, "this model's memory cannot shift positions");
         }
@@ -960,9 +966,7 @@ WL_EXPORT(wl_memory_seq_add) int32_t wl_memory_seq_add(int32_t ctx, int32_t seq,
 
 static int32_t seq_pos(int32_t ctx, int32_t seq, llama_pos (*get)(llama_memory_t, llama_seq_id)) {
     return guarded([&] {
-        auto c = lookup(reg().contexts, ctx, "context");
-        require(seq >= 0 && seq < (int32_t) llama_n_seq_max(c->ctx), "sequence id out of range");
-        return (int32_t) get(llama_get_memory(c->ctx), seq);
+        return (int32_t) get(llama_get_memory(context_seq(ctx, seq)->ctx), seq);
     });
 }
 
