@@ -93,6 +93,9 @@ static_assert(sizeof(std::atomic<int32_t>) == sizeof(int32_t), "the host writes 
 struct Sampler {
     std::shared_ptr<Model> model;  // the vocabulary its samplers use stays alive with it
     llama_sampler * chain = nullptr;
+    // llama.cpp asserts (ending the process) when a chain selects no token: the last sampler
+    // must be greedy, dist or mirostat.
+    bool ends_with_selector = false;
     ~Sampler() { if (chain) llama_sampler_free(chain); }
 };
 
@@ -155,7 +158,10 @@ int32_t erase(std::map<int32_t, std::shared_ptr<T>> & table, int32_t h) {
     {
         std::lock_guard<std::mutex> lk(reg().mu);
         auto it = table.find(h);
-        if (it == table.end()) return WL_E_HANDLE;
+        if (it == table.end()) {
+            set_error("invalid handle " + std::to_string(h));
+            return WL_E_HANDLE;
+        }
         victim = std::move(it->second);
         table.erase(it);
     }
@@ -340,6 +346,12 @@ std::shared_ptr<Context> context_seq(int32_t ctx, int32_t seq, bool every = fals
     return c;
 }
 
+// A chain may sample from a context when it picks a token in the end and speaks its model's vocabulary.
+void check_can_sample(const Sampler & s, const Context & c) {
+    require(s.ends_with_selector, "the sampler chain must end with greedy, dist, mirostat or mirostat_v2");
+    require(s.model == c.owner, "the sampler chain belongs to another model than the context");
+}
+
 // Positions continue per sequence after the last one held in the KV cache.
 llama_pos next_pos(llama_context * ctx, llama_seq_id seq) {
     return llama_memory_seq_pos_max(llama_get_memory(ctx), seq) + 1;
@@ -453,6 +465,7 @@ std::string cpu_features() {
 struct cpu_variant {
     std::string name, path;
     int score;  // ggml_backend_score(): 0 = this CPU lacks an instruction set the variant needs
+    std::string load_error;  // why dlopen failed (then score is 0 too)
 };
 
 bool has_affix(const std::string & s, const std::string & prefix, const std::string & suffix) {
@@ -482,6 +495,9 @@ std::vector<cpu_variant> cpu_variants(const std::string & dir) {
         if (void * h = dlopen(v.path.c_str(), RTLD_NOW | RTLD_LOCAL)) {
             if (auto score = (int (*)(void)) dlsym(h, "ggml_backend_score")) v.score = score();
             dlclose(h);
+        } else {
+            const char * why = dlerror();
+            v.load_error = why ? why : "dlopen failed";
         }
         out.push_back(std::move(v));
     }
@@ -502,6 +518,9 @@ std::string load_cpu_variant(const std::string & dir, const std::string & wanted
     }
     if (!pick) {
         throw wl_error(WL_E_UNSUPPORTED, "no CPU variant '" + wanted + "' in " + dir + " (there are: " + names + ")");
+    }
+    if (!pick->load_error.empty()) {
+        throw wl_error(WL_E_UNSUPPORTED, "CPU variant '" + wanted + "' cannot be loaded: " + pick->load_error);
     }
     if (pick->score <= 0) {
         throw wl_error(WL_E_UNSUPPORTED, "CPU variant '" + wanted + "' needs instructions this CPU does not have");
@@ -867,6 +886,7 @@ WL_EXPORT(wl_context_decode) int32_t wl_context_decode(int32_t ctx, const int32_
             const llama_seq_id s0 = batch.seq_id[i][0];
             if (next[(size_t) s0] < 0) next[(size_t) s0] = next_pos(c->ctx, s0);
             batch.token[i]  = tokens[i];
+            require(!pos || pos[i] >= 0, "positions must not be negative");
             batch.pos[i]    = pos ? pos[i] : next[(size_t) s0];
             batch.logits[i] = outputs ? (outputs[i] != 0) : (i == n - 1);
             for (int32_t j = 0; j < k; j++) {
@@ -1017,11 +1037,12 @@ WL_EXPORT(wl_sampler_chain_add) int32_t wl_sampler_chain_add(int32_t sampler, in
             case WL_SAMPLER_TYPICAL: need(1, 1); x = llama_sampler_init_typical(f[0], (size_t) std::max(iv[0], 1)); break;
             case WL_SAMPLER_PENALTIES:
                 need(3, 1);
-                require(iv[0] >= -1, "penalty_last_n must be >= -1");
+                require(iv[0] >= 0, "penalty_last_n must not be negative");
                 x = llama_sampler_init_penalties(n_vocab, iv[0], f[0], f[1], f[2]);
                 break;
             case WL_SAMPLER_DRY: {
                 need(2, 2);  // multiplier, base; allowed_length, penalty_last_n; text: breakers, NUL-separated
+                require(iv[0] >= 0 && iv[1] >= 0, "DRY allowed_length and penalty_last_n must not be negative");
                 std::vector<std::string> breakers;
                 for (size_t a = 0; a < str.size();) {
                     size_t b = str.find('\0', a);
@@ -1073,6 +1094,8 @@ WL_EXPORT(wl_sampler_chain_add) int32_t wl_sampler_chain_add(int32_t sampler, in
         }
         if (!x) throw wl_error(WL_E_INTERNAL, "llama.cpp could not make sampler type " + std::to_string(type));
         llama_sampler_chain_add(s->chain, x);
+        s->ends_with_selector = type == WL_SAMPLER_GREEDY || type == WL_SAMPLER_DIST || type == WL_SAMPLER_MIROSTAT ||
+                                type == WL_SAMPLER_MIROSTAT_V2;
         return llama_sampler_chain_n(s->chain);
     });
 }
@@ -1087,7 +1110,7 @@ WL_EXPORT(wl_sampler_sample) int32_t wl_sampler_sample(int32_t sampler, int32_t 
         } else {
             require(-(int64_t) idx <= c->n_outputs, "no such output in the last decode");
         }
-        require(llama_sampler_chain_n(s->chain) > 0, "the sampler chain is empty");
+        check_can_sample(*s, *c);
         return (int32_t) llama_sampler_sample(s->chain, c->ctx, idx);
     });
 }
@@ -1131,7 +1154,7 @@ WL_EXPORT(wl_context_generate) int32_t wl_context_generate(int32_t ctx, int32_t 
             require(pending[i] >= 0 && pending[i] < n_vocab, "pending token id out of range");
             require(max_tokens[i] >= 0 && max_tokens[i] <= stride, "max_tokens must be in [0, stride]");
             chains[(size_t) i] = lookup(reg().samplers, samplers[i], "sampler");
-            require(llama_sampler_chain_n(chains[(size_t) i]->chain) > 0, "a sampler chain is empty");
+            check_can_sample(*chains[(size_t) i], *c);
             n_out[i] = 0;
             stop[i] = WL_STOP_LENGTH;
         }

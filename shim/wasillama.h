@@ -229,7 +229,8 @@ int32_t wl_memory_seq_pos_min(int32_t ctx, int32_t seq);
 int32_t wl_memory_seq_pos_max(int32_t ctx, int32_t seq);
 
 /* ---- sampler chains (each holds a reference to its model) ---------------------------------- */
-/* An empty chain; add samplers in the order they should run. */
+/* An empty chain; add samplers in the order they should run. Sampling needs the last one to pick
+ * a token (greedy, dist, mirostat, mirostat_v2) and a context of the same model (WL_E_ARG). */
 int32_t wl_sampler_chain_new(int32_t model);
 /* Appends a sampler of `type` (WL_SAMPLER_*) with its parameters (see the types' comments);
  * returns the chain's length. A grammar that does not parse is WL_E_ARG. */

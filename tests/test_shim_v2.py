@@ -90,6 +90,8 @@ def test_bad_batches_are_clear_errors(shim: tuple[Backend, int]) -> None:
             be.decode(ctx, np.ones(2, dtype=np.int32), seq=np.array([0, 2], dtype=np.int32))
         with pytest.raises(InvalidArgumentError, match="1 to n_seq_max"):
             be.decode(ctx, np.ones(1, dtype=np.int32), seq_ids=[[0, 1, 0]])
+        with pytest.raises(InvalidArgumentError, match="must not be negative"):
+            be.decode(ctx, np.ones(1, dtype=np.int32), pos=np.array([-1], dtype=np.int32))
         with pytest.raises(ContextFullError, match="sequence 1 is full"):
             be.decode(ctx, np.ones(1, dtype=np.int32), pos=np.array([256], dtype=np.int32),
                       seq=np.array([1], dtype=np.int32))
@@ -144,3 +146,20 @@ def test_bad_sampler_steps_are_clear_errors(shim: tuple[Backend, int]) -> None:
         _chain(be, model, [SamplerStep(abi.SAMPLER_TEMP, (), (1,))])
     with pytest.raises(InvalidArgumentError, match="unknown sampler type 99"):
         _chain(be, model, [SamplerStep(99)])
+    with pytest.raises(InvalidArgumentError, match="must not be negative"):
+        _chain(be, model, [SamplerStep(abi.SAMPLER_PENALTIES, (1.1, 0.0, 0.0), (-1,))])
+    # a chain that picks no token would trip llama.cpp's assertion (the end of the process natively)
+    ctx = _context(be, model)
+    try:
+        be.decode(ctx, be.tokenize(model, b"Hi", True, False))
+        for steps in ([SamplerStep(abi.SAMPLER_TEMP, (0.7,))],
+                      [SamplerStep(abi.SAMPLER_GREEDY), SamplerStep(abi.SAMPLER_TOP_K, (), (5,))]):
+            chain = _chain(be, model, steps)
+            with pytest.raises(InvalidArgumentError, match="must end with greedy, dist"):
+                be.sampler_sample(chain, ctx, -1)
+            with pytest.raises(InvalidArgumentError, match="must end with greedy, dist"):
+                be.generate_multi(ctx, [0], [chain], [1], [2])
+            be.free_sampler(chain)
+        assert be.sampler_sample(_chain(be, model, [SamplerStep(abi.SAMPLER_GREEDY)]), ctx, -1) >= 0
+    finally:
+        be.free_context(ctx)

@@ -37,3 +37,26 @@ def test_a_short_generate_runs_between_the_chunks_of_a_long_prompt(synthetic_mod
         assert events["short_end"] < events["long_end"], events
         long_total = events["long_end"] - events["long_start"]
         assert events["short_end"] - short_start < 0.5 * long_total, (events, short_start)
+
+
+def test_turn_lock_alternates_two_background_jobs() -> None:
+    """Two threads each doing chunked long work take turns: neither waits for all of the other's."""
+    from wasillama.shim.turns import TurnLock
+
+    lock = TurnLock()
+    order: list[str] = []
+
+    def work(name: str) -> None:
+        for _ in range(6):
+            with lock.background():
+                order.append(name)
+                time.sleep(0.01)  # a chunk
+
+    threads = [threading.Thread(target=work, args=(n,)) for n in "ab"]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert sorted(order) == ["a"] * 6 + ["b"] * 6
+    first_b, last_a = order.index("b"), len(order) - 1 - order[::-1].index("a")
+    assert first_b < last_a, order  # b got a turn before a had finished

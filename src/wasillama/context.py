@@ -276,15 +276,24 @@ class Context:
                           key=lambda jc: jc[1], default=(seq, 0))
         try:
             if best > own:
+                self._backend.memory_seq_rm(self._handle, seq, 0, -1)  # nothing of its own left beside the copy
+                self._cached[seq] = []
                 self._backend.memory_seq_cp(self._handle, donor, seq, 0, -1)  # whole streams only
+                self._cached[seq] = list(self._cached[donor])
                 self._backend.memory_seq_rm(self._handle, seq, best, -1)
                 self._cached[seq] = tokens[:best]
                 return best
             self._backend.memory_seq_rm(self._handle, seq, own, -1)
-        except UnsupportedOptionError:  # memory that cannot drop a suffix (recurrent models): start over
-            self._backend.memory_clear(self._handle)
-            self._cached = [[] for _ in range(self.n_seq_max)]
+        except UnsupportedOptionError:  # memory that cannot drop a suffix (recurrent models): this sequence starts over
+            self._backend.memory_seq_rm(self._handle, seq, 0, -1)
+            self._cached[seq] = []
             return 0
+        except BaseException:
+            # what the sequence holds is no longer known: empty it (the others are untouched)
+            with contextlib.suppress(WasillamaError):
+                self._backend.memory_seq_rm(self._handle, seq, 0, -1)
+            self._cached[seq] = []
+            raise
         self._cached[seq] = self._cached[seq][:own]
         return own
 
@@ -342,8 +351,8 @@ class Context:
             for job in jobs:
                 job.sampler = self._backend.new_sampler(model, job.sampling)
                 s = job.sampling
-                if s.repeat_penalty != 1.0 or s.frequency_penalty or s.presence_penalty:
-                    self._backend.sampler_accept(job.sampler, np.asarray(job.tokens[:-1], dtype=np.int32))
+                if s.penalised:  # the whole prompt is history, the pending last token included
+                    self._backend.sampler_accept(job.sampler, np.asarray(job.tokens, dtype=np.int32))
                 if job.max_tokens == 0:
                     job.finish = "length"
             while active := [j for j in jobs if j.finish is None]:

@@ -24,6 +24,7 @@ class TurnLock:
         self._owner: int | None = None
         self._depth = 0
         self._waiting = 0          # foreground threads waiting for a turn
+        self._waiting_bg = 0       # background threads waiting for a turn
         self._released_at = 0.0
         self._released_by: int | None = None
 
@@ -68,12 +69,18 @@ class TurnLock:
             if self._owner == me:
                 self._depth += 1
             else:
-                while True:
-                    idle = time.monotonic() - self._released_at
-                    if self._owner is None and self._waiting == 0 and (
-                            self._released_by == me or idle >= GRACE_S):
-                        break
-                    self._cond.wait(None if self._owner is not None else max(GRACE_S - idle, 1e-4))
+                self._waiting_bg += 1
+                try:
+                    while True:
+                        idle = time.monotonic() - self._released_at
+                        # Its own next chunk may follow at once, unless other long work waits too:
+                        # then chunks alternate.
+                        mine = self._released_by == me and self._waiting_bg == 1
+                        if self._owner is None and self._waiting == 0 and (mine or idle >= GRACE_S):
+                            break
+                        self._cond.wait(None if self._owner is not None else max(GRACE_S - idle, 1e-4))
+                finally:
+                    self._waiting_bg -= 1
                 self._take(me)
         try:
             yield
