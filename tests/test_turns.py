@@ -45,18 +45,27 @@ def test_turn_lock_alternates_two_background_jobs() -> None:
 
     lock = TurnLock()
     order: list[str] = []
+    both_waiting = threading.Event()
 
     def work(name: str) -> None:
-        for _ in range(6):
+        for k in range(8):
             with lock.background():
                 order.append(name)
-                time.sleep(0.01)  # a chunk
+                if name == "a" and k == 0:
+                    both_waiting.wait(10)  # b queues up during a's first chunk
+                time.sleep(0.005)  # a chunk
 
-    threads = [threading.Thread(target=work, args=(n,)) for n in "ab"]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    assert sorted(order) == ["a"] * 6 + ["b"] * 6
-    first_b, last_a = order.index("b"), len(order) - 1 - order[::-1].index("a")
-    assert first_b < last_a, order  # b got a turn before a had finished
+    a = threading.Thread(target=work, args=("a",))
+    a.start()
+    while not order:
+        time.sleep(0.001)
+    b = threading.Thread(target=work, args=("b",))
+    b.start()
+    while lock._waiting_bg < 1:  # b is waiting for its turn
+        time.sleep(0.001)
+    both_waiting.set()
+    a.join()
+    b.join()
+    assert sorted(order) == ["a"] * 8 + ["b"] * 8
+    # from b's arrival on, while both have chunks left, turns alternate
+    assert order[:4] == ["a", "b", "a", "b"], order

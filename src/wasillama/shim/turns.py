@@ -73,10 +73,12 @@ class TurnLock:
                 try:
                     while True:
                         idle = time.monotonic() - self._released_at
-                        # Its own next chunk may follow at once, unless other long work waits too:
-                        # then chunks alternate.
-                        mine = self._released_by == me and self._waiting_bg == 1
-                        if self._owner is None and self._waiting == 0 and (mine or idle >= GRACE_S):
+                        # Its own next chunk may follow at once; but when other long work waits
+                        # too, the thread that had the last turn lets it go first (chunks alternate).
+                        mine = self._released_by == me
+                        others = self._waiting_bg > 1
+                        if self._owner is None and self._waiting == 0 and not (mine and others) and (
+                                mine or idle >= GRACE_S):
                             break
                         self._cond.wait(None if self._owner is not None else max(GRACE_S - idle, 1e-4))
                 finally:
