@@ -330,12 +330,12 @@ class Context:
             raise
         return reused
 
-    def _sync(self, job: _Job, new: list[int]) -> None:
-        """After a generation step: record which of [pending] + new the cache now holds."""
-        held = self._backend.memory_seq_pos_max(self._handle, job.seq) + 1
-        cached = self._cached[job.seq]
-        decoded = [job.pending, *new][: max(held - len(cached), 0)]
-        cached.extend(decoded)
+    def _sync(self, job: _Job, new: list[int], reason: int) -> None:
+        """After a generation step: record which of [pending] + new the cache now holds. By
+        wl_context_generate's contract each written token was sampled after one decode, and an
+        end-of-generation token (not written) after one more; the last written is still pending."""
+        decoded = len(new) + (1 if reason == abi.STOP_EOG else 0)
+        self._cached[job.seq].extend([job.pending, *new][:decoded])
         if new:
             job.pending = new[-1]
 
@@ -369,7 +369,7 @@ class Context:
                     raise
                 for job, toks, reason in zip(active, new, why, strict=True):
                     new_list = toks.tolist()
-                    self._sync(job, new_list)
+                    self._sync(job, new_list, reason)
                     job.out.extend(new_list)
                     for tok in new_list:
                         piece = job.text.push(self._model.token_piece(tok))

@@ -17,7 +17,7 @@ import os
 import struct
 import threading
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import replace
 from typing import TypeVar
 
@@ -380,10 +380,8 @@ class ShimBackend:
                     self._put(extras[1]) as lp:
                 return self._check("wl_context_decode", i32(ctx, "context"), tp, tok.size, pp, np_, sp, lp)
 
-        if background:
-            with self._t.lock.background():
-                return self._locked(run)
-        return self._locked(run)
+        with self._t.lock.background() if background else nullcontext():
+            return self._locked(run)
 
     def logits(self, ctx: int, idx: int = -1) -> npt.NDArray[np.float32]:
         def run() -> npt.NDArray[np.float32]:
