@@ -984,18 +984,14 @@ WL_EXPORT(wl_memory_seq_add) int32_t wl_memory_seq_add(int32_t ctx, int32_t seq,
     });
 }
 
-static int32_t seq_pos(int32_t ctx, int32_t seq, llama_pos (*get)(llama_memory_t, llama_seq_id)) {
+WL_EXPORT(wl_memory_seq_pos_range) int32_t wl_memory_seq_pos_range(int32_t ctx, int32_t seq, int32_t * out) {
     return guarded([&] {
-        return (int32_t) get(llama_get_memory(context_seq(ctx, seq)->ctx), seq);
+        require(out != nullptr, "out needs room for 2 positions");
+        llama_memory_t mem = llama_get_memory(context_seq(ctx, seq)->ctx);
+        out[0] = (int32_t) llama_memory_seq_pos_min(mem, seq);
+        out[1] = (int32_t) llama_memory_seq_pos_max(mem, seq);
+        return 0;
     });
-}
-
-WL_EXPORT(wl_memory_seq_pos_min) int32_t wl_memory_seq_pos_min(int32_t ctx, int32_t seq) {
-    return seq_pos(ctx, seq, llama_memory_seq_pos_min);
-}
-
-WL_EXPORT(wl_memory_seq_pos_max) int32_t wl_memory_seq_pos_max(int32_t ctx, int32_t seq) {
-    return seq_pos(ctx, seq, llama_memory_seq_pos_max);
 }
 
 // ---- samplers --------------------------------------------------------------------------------

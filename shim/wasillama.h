@@ -224,9 +224,9 @@ int32_t wl_memory_seq_cp(int32_t ctx, int32_t src, int32_t dst, int32_t p0, int3
 int32_t wl_memory_seq_keep(int32_t ctx, int32_t seq);
 /* Shifts the positions [p0, p1) of seq by delta (WL_E_UNSUPPORTED if the memory cannot). */
 int32_t wl_memory_seq_add(int32_t ctx, int32_t seq, int32_t p0, int32_t p1, int32_t delta);
-/* The smallest / largest position seq holds; -1 when it is empty. */
-int32_t wl_memory_seq_pos_min(int32_t ctx, int32_t seq);
-int32_t wl_memory_seq_pos_max(int32_t ctx, int32_t seq);
+/* Writes the smallest and the largest position seq holds to out[0], out[1] (-1, -1 when it is
+ * empty); positions travel in out, so no position can be mistaken for a status. */
+int32_t wl_memory_seq_pos_range(int32_t ctx, int32_t seq, int32_t * out);
 
 /* ---- sampler chains (each holds a reference to its model) ---------------------------------- */
 /* An empty chain; add samplers in the order they should run. Sampling needs the last one to pick

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from wasillama.backend import Backend, ModelSource, load_plugin
-from wasillama.errors import ContextFullError, InvalidArgumentError
+from wasillama.errors import ClosedError, ContextFullError, InvalidArgumentError
 from wasillama.shim import abi
 from wasillama.shim.abi import ContextParams, ModelParams, SamplerStep
 
@@ -54,7 +54,7 @@ def test_outputs_are_addressed_by_batch_position(shim: tuple[Backend, int]) -> N
             be.logits(ctx, 0)
         with pytest.raises(InvalidArgumentError, match="does not exist"):
             be.logits(ctx, -3)
-        assert be.memory_seq_pos_min(ctx, 1) == 0 and be.memory_seq_pos_max(ctx, 1) == n - 1
+        assert be.memory_seq_pos_range(ctx, 1) == (0, n - 1)
     finally:
         be.free_context(ctx)
 
@@ -71,11 +71,12 @@ def test_a_token_in_several_sequences(shim: tuple[Backend, int]) -> None:
     try:
         tokens = be.tokenize(model, b"shared prefix here", True, False)
         be.decode(ctx, tokens, seq_ids=[[0, 1, 2]] * len(tokens))
-        assert [be.memory_seq_pos_max(ctx, s) for s in range(3)] == [len(tokens) - 1] * 3
+        assert [be.memory_seq_pos_range(ctx, s) for s in range(3)] == [(0, len(tokens) - 1)] * 3
         with pytest.raises(InvalidArgumentError, match="the same sequence twice"):
             be.decode(ctx, np.ones(1, dtype=np.int32), seq_ids=[[1, 1]])
         be.memory_seq_keep(ctx, 1)
-        assert be.memory_seq_pos_max(ctx, 0) == -1 and be.memory_seq_pos_max(ctx, 1) == len(tokens) - 1
+        assert be.memory_seq_pos_range(ctx, 0) == (-1, -1)
+        assert be.memory_seq_pos_range(ctx, 1) == (0, len(tokens) - 1)
     finally:
         be.free_context(ctx)
 
@@ -96,8 +97,12 @@ def test_bad_batches_are_clear_errors(shim: tuple[Backend, int]) -> None:
             be.decode(ctx, np.ones(1, dtype=np.int32), pos=np.array([256], dtype=np.int32),
                       seq=np.array([1], dtype=np.int32))
         be.decode(ctx, np.ones(3, dtype=np.int32))  # and the context still works
+        with pytest.raises(InvalidArgumentError, match="sequence id out of range"):
+            be.memory_seq_pos_range(ctx, 2)
     finally:
         be.free_context(ctx)
+    with pytest.raises(ClosedError):
+        be.memory_seq_pos_range(ctx, 0)
 
 
 def _chain(be: Backend, model: int, steps: list[SamplerStep]) -> int:

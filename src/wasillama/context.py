@@ -277,9 +277,7 @@ class Context:
         try:
             if best > own:
                 self._backend.memory_seq_rm(self._handle, seq, 0, -1)  # nothing of its own left beside the copy
-                self._cached[seq] = []
                 self._backend.memory_seq_cp(self._handle, donor, seq, 0, -1)  # whole streams only
-                self._cached[seq] = list(self._cached[donor])
                 self._backend.memory_seq_rm(self._handle, seq, best, -1)
                 self._cached[seq] = tokens[:best]
                 return best
@@ -350,8 +348,7 @@ class Context:
             model = self._model._require_handle()
             for job in jobs:
                 job.sampler = self._backend.new_sampler(model, job.sampling)
-                s = job.sampling
-                if s.penalised:  # the whole prompt is history, the pending last token included
+                if job.sampling.penalised:  # the whole prompt is history, the pending last token included
                     self._backend.sampler_accept(job.sampler, np.asarray(job.tokens, dtype=np.int32))
                 if job.max_tokens == 0:
                     job.finish = "length"

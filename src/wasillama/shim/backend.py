@@ -152,8 +152,7 @@ class ShimBackend:
         return self._locked(self._last_error)
 
     def system_info(self) -> str:
-        prefix = getattr(self._t, "info_prefix", "")
-        return prefix + self._string("wl_system_info")
+        return self._t.info_prefix + self._string("wl_system_info")
 
     def devices(self) -> list[Device]:
         return Device.parse_all(self._string("wl_devices"))
@@ -403,21 +402,15 @@ class ShimBackend:
         self._locked(lambda: self._check("wl_memory_seq_cp", i32(ctx, "context"), i32(src, "src"),
                                          i32(dst, "dst"), i32(p0, "p0"), i32(p1, "p1")))
 
-    def memory_seq_pos_max(self, ctx: int, seq: int) -> int:
-        """The largest position seq holds; -1 when it is empty."""
-        return self._locked(lambda: self._check_pos("wl_memory_seq_pos_max", ctx, seq))
+    def memory_seq_pos_range(self, ctx: int, seq: int) -> tuple[int, int]:
+        """The smallest and largest position seq holds; (-1, -1) when it is empty."""
+        def run() -> tuple[int, int]:
+            with self._scratch(8) as p:
+                self._check("wl_memory_seq_pos_range", i32(ctx, "context"), i32(seq, "seq"), p)
+                lo, hi = struct.unpack("<2i", self._t.read(p, 8))
+                return lo, hi
 
-    def memory_seq_pos_min(self, ctx: int, seq: int) -> int:
-        return self._locked(lambda: self._check_pos("wl_memory_seq_pos_min", ctx, seq))
-
-    def _check_pos(self, name: str, ctx: int, seq: int) -> int:
-        # -1 (empty) is a position here, not WL_E_HANDLE: look the context up first.
-        rc = self._t.call(name, i32(ctx, "context"), i32(seq, "seq"))
-        if rc < -1:
-            raise abi.error_for(rc, self._last_error())
-        if rc == -1 and (status := self._t.call("wl_context_info", ctx, 0, 0)) < 0:
-            raise abi.error_for(status, self._last_error())
-        return rc
+        return self._locked(run)
 
     def memory_seq_keep(self, ctx: int, seq: int) -> None:
         self._locked(lambda: self._check("wl_memory_seq_keep", i32(ctx, "context"), i32(seq, "seq")))

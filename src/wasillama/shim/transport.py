@@ -36,6 +36,7 @@ class Transport(Protocol):
     sources: Sources   # model bytes served through host_read
     log: LogSink       # llama.cpp's log
     pointer_size: int  # bytes of a pointer the shim writes (4 in wasm32, 8 natively)
+    info_prefix: str   # what system_info says first about this transport (the CPU variant natively)
 
     @property
     def lock(self) -> TurnLock | NoTurns:

@@ -29,6 +29,7 @@ class WasmTransport:
     name = "wasm"
     capabilities = CAPABILITIES
     pointer_size = 4
+    info_prefix = ""
 
     def __init__(self, module: wasmtime.Module | None = None) -> None:
         """A sandbox of llama.wasm (or of `module`, compiled with this package's engine)."""
