@@ -10,6 +10,7 @@
 
 #include <algorithm>
 #include <atomic>
+#include <cmath>
 #include <cerrno>
 #include <cstdio>
 #include <cstring>
@@ -52,9 +53,14 @@ static void host_log(int32_t l, const char * t, int32_t n) { if (g_log_fn) g_log
 #define WL_LLAMA_CPP_COMMIT "unknown"
 #endif
 
-static_assert(sizeof(wl_model_params) == 64, "wl_model_params layout is part of the ABI");
-static_assert(sizeof(wl_model_info) == 192, "wl_model_info layout is part of the ABI");
-static_assert(sizeof(wl_context_params) == 64, "wl_context_params layout is part of the ABI");
+// The structs as ABI 2.1 first published them: the smallest a host may pass. A field added
+// later grows sizeof past these; the constants never change.
+constexpr size_t WL_MODEL_PARAMS_SIZE_2_1   = 32;
+constexpr size_t WL_MODEL_INFO_SIZE_2_1     = 152;
+constexpr size_t WL_CONTEXT_PARAMS_SIZE_2_1 = 56;
+static_assert(sizeof(wl_model_params) == WL_MODEL_PARAMS_SIZE_2_1, "wl_model_params layout is part of the ABI");
+static_assert(sizeof(wl_model_info) == WL_MODEL_INFO_SIZE_2_1, "wl_model_info layout is part of the ABI");
+static_assert(sizeof(wl_context_params) == WL_CONTEXT_PARAMS_SIZE_2_1, "wl_context_params layout is part of the ABI");
 
 namespace {
 
@@ -96,6 +102,7 @@ struct Sampler {
     // llama.cpp asserts (ending the process) when a chain selects no token: the last sampler
     // must be greedy, dist or mirostat.
     bool ends_with_selector = false;
+    std::vector<char> is_grammar;  // per sampler of the chain: history (wl_sampler_accept) skips grammars
     ~Sampler() { if (chain) llama_sampler_free(chain); }
 };
 
@@ -200,12 +207,41 @@ void require(bool ok, const char * msg) {
     if (!ok) throw wl_error(WL_E_ARG, msg);
 }
 
-// Reserved struct fields must be zero: a field this build does not know is refused, not ignored.
-template <size_t N>
-void require_reserved_zero(const int32_t (&reserved)[N], const char * what) {
-    for (int32_t v : reserved) {
-        if (v != 0) throw wl_error(WL_E_ARG, std::string(what) + ": a reserved field is set (a newer host?)");
+std::string abi_name() { return std::to_string(WL_ABI_VERSION) + "." + std::to_string(WL_ABI_MINOR); }
+
+// A sized struct from the host (see the header): the fields both sides know; zero for those an
+// older host lacks; a newer host's fields this module does not know must be zero.
+template <class T>
+T read_sized(const T * p, size_t first_size, const char * what) {
+    const int64_t size = (int64_t) p->size;
+    if (size < (int64_t) first_size || size > (1 << 16) || size % (int64_t) sizeof(p->size) != 0) {
+        throw wl_error(WL_E_ARG, std::string(what) + ": size " + std::to_string(size) + " is no layout of it (ABI " +
+                                 abi_name() + " has " + std::to_string(sizeof(T)) + " bytes)");
     }
+    T out = {};
+    memcpy(&out, p, std::min(sizeof(T), (size_t) size));
+    const unsigned char * bytes = (const unsigned char *) p;
+    for (size_t i = sizeof(T); i < (size_t) size; ++i) {
+        if (bytes[i] != 0) {
+            throw wl_error(WL_E_UNSUPPORTED, std::string(what) + ": the host sets byte " + std::to_string(i) +
+                                             ", a field this module (ABI " + abi_name() + ") does not know");
+        }
+    }
+    return out;
+}
+
+// A sized struct for the host: as much of `value` as the host has room for.
+template <class T>
+int32_t write_sized(T * out, T value, const char * what) {
+    require(out != nullptr, "out is NULL");
+    const int64_t room = (int64_t) out->size;
+    if (room < (int64_t) sizeof(out->size) || room % (int64_t) sizeof(out->size) != 0) {
+        throw wl_error(WL_E_ARG, std::string(what) + ": size " + std::to_string(room) + " is no layout of it");
+    }
+    const size_t n = std::min(sizeof(T), (size_t) room);
+    value.size = (decltype(value.size)) n;
+    memcpy(out, &value, n);
+    return (int32_t) sizeof(T);
 }
 
 void log_callback(enum ggml_log_level level, const char * text, void *) {
@@ -230,17 +266,20 @@ void abort_callback(const char * message) {
 
 // `split` receives a copy of tensor_split padded to llama_max_devices() entries (llama.cpp reads
 // that many); it must outlive the load.
-llama_model_params to_llama(const wl_model_params * p, const float * tensor_split, int32_t n_split,
+llama_model_params to_llama(const wl_model_params * raw, const float * tensor_split, int32_t n_split,
                             std::vector<float> & split) {
     llama_model_params mp = llama_model_default_params();
-    if (!p) return mp;
-    require_reserved_zero(p->reserved, "wl_model_params");
+    if (!raw) return mp;
+    const wl_model_params params = read_sized(raw, WL_MODEL_PARAMS_SIZE_2_1, "wl_model_params");
+    const wl_model_params * p = &params;
     require(p->split_mode >= LLAMA_SPLIT_MODE_NONE && p->split_mode <= LLAMA_SPLIT_MODE_TENSOR, "unknown split_mode");
     mp.n_gpu_layers  = p->n_gpu_layers;
     mp.main_gpu      = p->main_gpu;
     mp.split_mode    = (enum llama_split_mode) p->split_mode;
     mp.vocab_only    = p->vocab_only != 0;
     mp.check_tensors = p->check_tensors != 0;
+    mp.load_mode = p->use_mmap ? (p->use_mlock ? LLAMA_LOAD_MODE_MMAP_MLOCK : LLAMA_LOAD_MODE_MMAP)
+                               : (p->use_mlock ? LLAMA_LOAD_MODE_MLOCK : LLAMA_LOAD_MODE_NONE);
     if (tensor_split && n_split > 0) {
         require((size_t) n_split <= llama_max_devices(), "tensor_split has more entries than devices");
         split.assign(llama_max_devices(), 0.0f);
@@ -344,6 +383,30 @@ std::shared_ptr<Context> context_seq(int32_t ctx, int32_t seq, bool every = fals
     auto c = lookup(reg().contexts, ctx, "context");
     require((every && seq == -1) || (seq >= 0 && seq < (int32_t) llama_n_seq_max(c->ctx)), "sequence id out of range");
     return c;
+}
+
+// The model's log-probability of `chosen` (log-softmax of the raw logits: what the model thinks,
+// before any sampler) and of its n_top most likely tokens, most likely first.
+void log_probs(const float * logits, int32_t n_vocab, llama_token chosen, int32_t n_top, float * out_chosen,
+                      int32_t * out_tokens, float * out_top, std::vector<float> & scratch) {
+    float max = -INFINITY;
+    for (int32_t t = 0; t < n_vocab; t++) max = std::max(max, logits[t]);
+    double sum = 0.0;
+    for (int32_t t = 0; t < n_vocab; t++) sum += std::exp((double) (logits[t] - max));
+    const float log_z = max + (float) std::log(sum);
+    *out_chosen = logits[chosen] - log_z;
+    if (n_top == 0) return;
+    scratch.assign(logits, logits + n_vocab);
+    std::vector<int32_t> ids((size_t) n_vocab);
+    for (int32_t t = 0; t < n_vocab; t++) ids[(size_t) t] = t;
+    const int32_t k = std::min(n_top, n_vocab);
+    std::partial_sort(ids.begin(), ids.begin() + k, ids.end(), [&](int32_t a, int32_t b) {
+        return scratch[(size_t) a] > scratch[(size_t) b] || (scratch[(size_t) a] == scratch[(size_t) b] && a < b);
+    });
+    for (int32_t j = 0; j < n_top; j++) {
+        out_tokens[j] = j < k ? ids[(size_t) j] : -1;
+        out_top[j] = j < k ? scratch[(size_t) ids[(size_t) j]] - log_z : -INFINITY;
+    }
 }
 
 // A chain may sample from a context when it picks a token in the end and speaks its model's vocabulary.
@@ -598,10 +661,6 @@ WL_EXPORT(wl_model_load_path) int32_t wl_model_load_path(const char * path, cons
         require(path != nullptr, "path is NULL");
         std::vector<float> split;
         llama_model_params mp = to_llama(p, tensor_split, n_split, split);
-        if (p) {
-            mp.load_mode = p->use_mmap ? (p->use_mlock ? LLAMA_LOAD_MODE_MMAP_MLOCK : LLAMA_LOAD_MODE_MMAP)
-                                       : (p->use_mlock ? LLAMA_LOAD_MODE_MLOCK : LLAMA_LOAD_MODE_NONE);
-        }
         t_last_log_error.clear();
         return finish_load(llama_model_load_from_file(path, mp));
 #endif
@@ -636,8 +695,7 @@ WL_EXPORT(wl_model_info_get) int32_t wl_model_info_get(int32_t model, wl_model_i
         info.has_encoder = llama_model_has_encoder(m->model);
         info.has_decoder = llama_model_has_decoder(m->model);
         info.n_swa       = llama_model_n_swa(m->model);
-        *out = info;
-        return 0;
+        return write_sized(out, info, "wl_model_info");
     });
 }
 
@@ -730,6 +788,21 @@ WL_EXPORT(wl_vocab_is_eog) int32_t wl_vocab_is_eog(int32_t model, int32_t token)
     });
 }
 
+WL_EXPORT(wl_vocab_eog_tokens) int32_t wl_vocab_eog_tokens(int32_t model, int32_t * out, int32_t cap) {
+    return guarded([&] {
+        require(cap >= 0 && (out || cap == 0), "invalid output buffer");
+        auto m = lookup(reg().models, model, "model");
+        const llama_vocab * v = m->vocab();
+        int32_t n = 0;
+        for (llama_token t = 0; t < llama_vocab_n_tokens(v); t++) {
+            if (!llama_vocab_is_eog(v, t)) continue;
+            if (n < cap) out[n] = t;
+            n++;
+        }
+        return n;
+    });
+}
+
 WL_EXPORT(wl_model_chat_apply) int32_t wl_model_chat_apply(int32_t model, const char * tmpl, const char * packed, int32_t packed_len,
                                                int32_t n_msg, int32_t add_assistant, char * buf, int32_t cap) {
     return guarded([&] {
@@ -768,10 +841,11 @@ WL_EXPORT(wl_model_chat_apply) int32_t wl_model_chat_apply(int32_t model, const 
 
 // ---- contexts --------------------------------------------------------------------------------
 
-WL_EXPORT(wl_context_new) int32_t wl_context_new(int32_t model, const wl_context_params * p) {
+WL_EXPORT(wl_context_new) int32_t wl_context_new(int32_t model, const wl_context_params * raw) {
     return guarded([&] {
-        require(p != nullptr, "params is NULL");
-        require_reserved_zero(p->reserved, "wl_context_params");
+        require(raw != nullptr, "params is NULL");
+        const wl_context_params params = read_sized(raw, WL_CONTEXT_PARAMS_SIZE_2_1, "wl_context_params");
+        const wl_context_params * p = &params;
         require(p->n_ctx >= 0 && p->n_batch >= 0 && p->n_ubatch >= 0, "sizes must not be negative");
         auto m = lookup(reg().models, model, "model");
         require(llama_model_n_layer(m->model) > 0, "the model was loaded vocab-only: it cannot run a context");
@@ -1090,6 +1164,7 @@ WL_EXPORT(wl_sampler_chain_add) int32_t wl_sampler_chain_add(int32_t sampler, in
         }
         if (!x) throw wl_error(WL_E_INTERNAL, "llama.cpp could not make sampler type " + std::to_string(type));
         llama_sampler_chain_add(s->chain, x);
+        s->is_grammar.push_back(type == WL_SAMPLER_GRAMMAR);
         s->ends_with_selector = type == WL_SAMPLER_GREEDY || type == WL_SAMPLER_DIST || type == WL_SAMPLER_MIROSTAT ||
                                 type == WL_SAMPLER_MIROSTAT_V2;
         return llama_sampler_chain_n(s->chain);
@@ -1124,16 +1199,27 @@ WL_EXPORT(wl_sampler_accept) int32_t wl_sampler_accept(int32_t sampler, const in
     return guarded([&] {
         require(n >= 0 && (tokens || n == 0), "invalid token buffer");
         auto s = lookup(reg().samplers, sampler, "sampler");
-        for (int32_t i = 0; i < n; i++) llama_sampler_accept(s->chain, tokens[i]);
+        const llama_vocab * vocab = s->model->vocab();
+        const int32_t n_vocab = llama_vocab_n_tokens(vocab);
+        for (int32_t i = 0; i < n; i++) require(tokens[i] >= 0 && tokens[i] < n_vocab, "token id out of range");
+        // History is for penalties and DRY; a grammar only advances with the tokens it constrains.
+        for (int32_t k = 0; k < llama_sampler_chain_n(s->chain); k++) {
+            if (s->is_grammar[(size_t) k]) continue;
+            llama_sampler * x = llama_sampler_chain_get(s->chain, k);
+            for (int32_t i = 0; i < n; i++) llama_sampler_accept(x, tokens[i]);
+        }
         return 0;
     });
 }
 
 WL_EXPORT(wl_context_generate) int32_t wl_context_generate(int32_t ctx, int32_t n, const int32_t * seqs, const int32_t * samplers,
                                                        const int32_t * pending, const int32_t * max_tokens, int32_t stride,
-                                                       int32_t * out, int32_t * n_out, int32_t * stop) {
+                                                       int32_t * out, int32_t * n_out, int32_t * stop, float * logprobs,
+                                                       int32_t n_top, int32_t * top_tokens, float * top_logprobs) {
     return guarded([&] {
         require(n > 0 && seqs && samplers && pending && max_tokens && out && n_out && stop, "invalid arguments");
+        require(n_top >= 0 && n_top <= WL_TOP_LOGPROBS_MAX, "n_top must be in [0, WL_TOP_LOGPROBS_MAX]");
+        require(n_top == 0 || (logprobs && top_tokens && top_logprobs), "n_top > 0 needs logprobs, top_tokens and top_logprobs");
         auto c = lookup(reg().contexts, ctx, "context");
         const int32_t n_seq = (int32_t) llama_n_seq_max(c->ctx);
         require(n <= n_seq, "more sequences than the context's n_seq_max");
@@ -1166,6 +1252,7 @@ WL_EXPORT(wl_context_generate) int32_t wl_context_generate(int32_t ctx, int32_t 
             if (max_tokens[i] > 0) active.push_back(i);
         }
         std::vector<llama_token> next(pending, pending + n);
+        std::vector<float> lp_scratch;
         int32_t steps = 0;
         while (!active.empty()) {
             int32_t m = 0;
@@ -1195,7 +1282,12 @@ WL_EXPORT(wl_context_generate) int32_t wl_context_generate(int32_t ctx, int32_t 
                     stop[i] = WL_STOP_EOG;
                     continue;
                 }
-                out[(size_t) i * (size_t) stride + (size_t) n_out[i]] = t;
+                const size_t at = (size_t) i * (size_t) stride + (size_t) n_out[i];
+                out[at] = t;
+                if (logprobs) {
+                    log_probs(llama_get_logits_ith(c->ctx, k), n_vocab, t, n_top, logprobs + at,
+                              top_tokens + at * (size_t) n_top, top_logprobs + at * (size_t) n_top, lp_scratch);
+                }
                 n_out[i]++;
                 next[(size_t) i] = t;
                 if (n_out[i] < max_tokens[i]) active.push_back(i);

@@ -10,10 +10,9 @@
  *     and there is no other error channel;
  *   - buffers travel as (pointer, capacity); a call that produces a variable-length result
  *     returns the full length even when it exceeds the capacity, so the host can grow and retry;
- *   - parameter structs hold only fixed-width scalars (no pointers, no bool, no enums), so their
- *     layout is identical on wasm32 and on 64-bit hosts; static_asserts pin their sizes, and
- *     their reserved fields must be zero (a newer host setting a field this build does not know
- *     is refused, not ignored); src/wasillama/shim/abi.py mirrors them (tests/test_abi.py);
+ *   - structs hold only fixed-width scalars (no pointers, no bool, no enums), so their layout is
+ *     identical on wasm32 and on 64-bit hosts, and each carries its own size (see "Sized
+ *     structs" below); src/wasillama/shim/abi.py mirrors them (tests/test_abi.py);
  *   - no C++ type, exception or allocation crosses the boundary.
  */
 #ifndef WASILLAMA_SHIM_H
@@ -26,11 +25,24 @@ extern "C" {
 #endif
 
 /* ABI version: wl_abi_version() returns (WL_ABI_VERSION << 16) | WL_ABI_MINOR. The major number
- * changes with any incompatible change; the minor one with additions (new functions, new struct
- * fields in reserved space, new values). A host built for major M, minor m uses a module with
- * major M and minor >= m, and refuses any other, naming both versions. */
+ * changes with any incompatible change; the minor one with additions (new functions, new fields
+ * at the end of a struct, new values). A host built for major M, minor m uses a module with
+ * major M and minor >= m, and refuses any other, naming both versions. (2.0 was never released:
+ * its structs had reserved space instead of a size; 2.1 is the first layout below.) */
 #define WL_ABI_VERSION 2
-#define WL_ABI_MINOR   0
+#define WL_ABI_MINOR   1
+
+/* Sized structs. Every struct begins with `size` (int32_t, or int64_t in a struct of int64_t
+ * fields, so there is no padding): the struct's size as its writer knows it. Structs only grow at
+ * their end, and a field added later means "as before" when it is zero, so:
+ *   - a struct the host passes in (wl_*_params): the module reads the fields both know; fields
+ *     the host's (older) layout lacks are zero; a size below the 2.1 layout's is WL_E_ARG; the
+ *     bytes of a newer host's fields this module does not know must be zero, or the call fails
+ *     with WL_E_UNSUPPORTED naming the byte (a setting this module cannot honour is refused,
+ *     never ignored). NULL model params mean llama.cpp's defaults.
+ *   - a struct the module fills (wl_model_info): the host sets `size` to what it has room for;
+ *     the module writes the fields that fit, sets `size` to the bytes it wrote, leaves the rest
+ *     alone, and returns its own sizeof, so the host knows which of its fields were filled. */
 
 /* Status codes (negative returns); the message is then wl_error_last()'s. Mirrored by
  * src/wasillama/shim/abi.py (tests/test_abi.py holds the two together). */
@@ -49,6 +61,9 @@ extern "C" {
 #define WL_STOP_LENGTH   0     /* produced max_tokens */
 #define WL_STOP_EOG      1     /* the model produced an end-of-generation token (not returned) */
 #define WL_STOP_CTX_FULL 2     /* no room for another token in the sequence */
+
+/* The most top log-probabilities wl_context_generate reports per token. */
+#define WL_TOP_LOGPROBS_MAX 20
 
 /* Flags for wl_vocab_tokenize / wl_vocab_detokenize / wl_vocab_piece. */
 #define WL_TOK_ADD_SPECIAL   1 /* tokenize: add BOS/EOS as the model asks; detokenize: keep them */
@@ -72,6 +87,7 @@ extern "C" {
 #define WL_SAMPLER_GRAMMAR    15  /* (;; GBNF grammar, NUL, root rule) */
 
 typedef struct wl_model_params {
+    int32_t size;           /* sizeof(wl_model_params) as the host knows it */
     int32_t n_gpu_layers;   /* native only; -1 = all */
     int32_t main_gpu;       /* native only */
     int32_t split_mode;     /* native only: llama_split_mode */
@@ -79,10 +95,10 @@ typedef struct wl_model_params {
     int32_t use_mlock;      /* native path loads only */
     int32_t vocab_only;     /* load the vocabulary alone */
     int32_t check_tensors;  /* validate tensor data while loading */
-    int32_t reserved[9];
 } wl_model_params;
 
 typedef struct wl_model_info {
+    int64_t size;           /* in: the host's room; out: the bytes written */
     int64_t n_params;
     int64_t size_bytes;
     int64_t n_ctx_train;
@@ -101,10 +117,10 @@ typedef struct wl_model_info {
     int64_t has_encoder;
     int64_t has_decoder;
     int64_t n_swa;
-    int64_t reserved[6];
 } wl_model_info;
 
 typedef struct wl_context_params {
+    int32_t size;           /* sizeof(wl_context_params) as the host knows it */
     int32_t n_ctx;          /* 0 = from the model */
     int32_t n_batch;
     int32_t n_ubatch;
@@ -121,7 +137,6 @@ typedef struct wl_context_params {
                                default: sequences compute exactly as alone); 1: one buffer for
                                all, where a token may belong to several sequences and copies
                                between sequences may be partial */
-    int32_t reserved[3];
 } wl_context_params;
 
 /* ---- library ----------------------------------------------------------------------------
@@ -149,6 +164,7 @@ int32_t wl_model_load_host(int32_t source, int64_t size, const wl_model_params *
 int32_t wl_model_load_path(const char * path, const wl_model_params * params,
                            const float * tensor_split, int32_t n_split);
 int32_t wl_model_free(int32_t model);
+/* Fills *out as a sized struct (the host sets out->size first); returns sizeof(wl_model_info). */
 int32_t wl_model_info_get(int32_t model, wl_model_info * out);
 /* Metadata value for a NUL-terminated key; WL_E_ARG when the key is absent. */
 int32_t wl_model_meta(int32_t model, const char * key, char * buf, int32_t cap);
@@ -171,6 +187,8 @@ int32_t wl_vocab_detokenize(int32_t model, const int32_t * tokens, int32_t n, in
 int32_t wl_vocab_piece(int32_t model, int32_t token, int32_t flags, char * buf, int32_t cap);
 /* 1 if the token ends generation, 0 if not. */
 int32_t wl_vocab_is_eog(int32_t model, int32_t token);
+/* Every token that ends generation (EOS, EOT, ...), ascending; returns how many there are. */
+int32_t wl_vocab_eog_tokens(int32_t model, int32_t * out, int32_t cap);
 
 /* ---- contexts (one thread at a time) ---------------------------------------------------- */
 int32_t wl_context_new(int32_t model, const wl_context_params * params);
@@ -206,11 +224,16 @@ int32_t wl_context_logits(int32_t ctx, int32_t idx, float * out, int32_t cap);
  * next position would reach llama_n_ctx_seq stops (WL_STOP_CTX_FULL) while the others go on.
  * Writes sequence i's tokens to out[i * stride ...], their count to n_out[i], its reason to
  * stop[i]; the last token written is sampled but not decoded (pass it as pending to go on).
+ * With logprobs (NULL = none), each written token's log-probability under the model (log-softmax
+ * of the raw logits, before any sampler) goes to logprobs[i * stride + j], and when n_top > 0
+ * (<= WL_TOP_LOGPROBS_MAX) the n_top most likely tokens of that step and theirs, most likely
+ * first, to top_tokens / top_logprobs[(i * stride + j) * n_top ...].
  * Returns the number of decode steps. A failed decode (abort, no KV slot) returns its status;
- * out, n_out and stop then hold what was generated before it. */
+ * out, n_out, stop and the log-probabilities then hold what was generated before it. */
 int32_t wl_context_generate(int32_t ctx, int32_t n, const int32_t * seqs, const int32_t * samplers,
                             const int32_t * pending, const int32_t * max_tokens, int32_t stride,
-                            int32_t * out, int32_t * n_out, int32_t * stop);
+                            int32_t * out, int32_t * n_out, int32_t * stop, float * logprobs,
+                            int32_t n_top, int32_t * top_tokens, float * top_logprobs);
 
 /* ---- KV cache, per sequence (seq -1 = every sequence; p1 < 0 = to the end) ---------------- */
 int32_t wl_memory_clear(int32_t ctx);
@@ -238,7 +261,8 @@ int32_t wl_sampler_chain_add(int32_t sampler, int32_t type, const float * f, int
                              const int32_t * i, int32_t ni, const char * text, int32_t text_len);
 int32_t wl_sampler_free(int32_t sampler);
 int32_t wl_sampler_reset(int32_t sampler);
-/* Feed tokens the chain should remember (e.g. the prompt, for repetition penalties). */
+/* Feed tokens the chain should remember (e.g. the prompt, for repetition penalties and DRY);
+ * grammar samplers skip them: a grammar only advances with the tokens the chain samples. */
 int32_t wl_sampler_accept(int32_t sampler, const int32_t * tokens, int32_t n);
 /* Samples a token from an output of ctx's last decode (idx as for wl_context_logits) and
  * accepts it; returns the token. */

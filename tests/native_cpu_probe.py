@@ -19,8 +19,8 @@ from wasillama import Model, WasillamaError
 
 def greedy(case: dict[str, Any], model_path: str, backend: str) -> list[int]:
     """The case's greedy tokens (chat cases go through the model's template)."""
-    with Model.load(model_path, backend=backend, trust_model=True) as model, \
-            model.new_context(n_ctx=512) as ctx:  # type: ignore[arg-type]
+    with (Model.load(model_path, backend=backend, trust_model=True) as model,  # type: ignore[arg-type]
+          model.new_context(n_ctx=512) as ctx):
         prompt = case["prompt"]
         if case.get("chat"):
             prompt = model.apply_chat_template([{"role": "user", "content": prompt}])

@@ -4,14 +4,20 @@ shim builds export; a shim speaking another ABI version is refused, naming both 
 from __future__ import annotations
 
 import re
+import struct
+from collections.abc import Iterator
+from contextlib import ExitStack
 from pathlib import Path
 
 import pytest
 import wasmtime
 
 from helpers import native_available
+from wasillama.backend import ModelSource, load_plugin
 from wasillama.errors import BackendError
+from wasillama.options import ContextOptions, LoadOptions
 from wasillama.shim import abi
+from wasillama.shim.backend import ShimBackend
 
 HEADER = (Path(__file__).resolve().parents[1] / "shim" / "wasillama.h").read_text()
 _C_SIZES = {"int32_t": 4, "uint32_t": 4, "float": 4, "int64_t": 8}
@@ -88,7 +94,6 @@ def test_the_wasm_module_exports_the_abi() -> None:
 
 @pytest.mark.parametrize(("version", "why"), [((1 << 16) | 7, "speaks ABI 1.7"), ((3 << 16) | 0, "speaks ABI 3.0")])
 def test_a_module_of_another_abi_version_is_refused(version: int, why: str) -> None:
-    from wasillama.shim.backend import ShimBackend
     from wasillama.wasm.engine import compiled_module
     from wasillama.wasm.transport import WasmTransport
 
@@ -96,8 +101,89 @@ def test_a_module_of_another_abi_version_is_refused(version: int, why: str) -> N
                 (func (export "_initialize"))
                 (func (export "wl_abi_version") (result i32) i32.const {version}))"""
     module = wasmtime.Module(compiled_module().engine, wat)
-    with pytest.raises(BackendError, match=rf"{why}, this wasillama needs 2\.0 or a later 2\.x"):
+    with pytest.raises(BackendError, match=rf"{why}, this wasillama needs 2\.1 or a later 2\.x"):
         ShimBackend(WasmTransport(module))
+
+
+@pytest.fixture(scope="module")
+def raw(backend_name: str, synthetic_model: Path) -> Iterator[tuple[ShimBackend, int]]:
+    plugin = load_plugin(backend_name)
+    be = plugin.create()
+    assert isinstance(be, ShimBackend)
+    model = be.load_model(ModelSource.of(synthetic_model), abi.ModelParams.of(LoadOptions()))
+    try:
+        yield be, model
+    finally:
+        be.free_model(model)
+        if plugin.per_model:
+            be.close()
+
+
+def _call(be: ShimBackend, name: str, *args: int | bytes) -> tuple[int, str]:
+    """A raw shim call with byte strings placed in the transport's memory: (status, last error)."""
+    def run() -> tuple[int, str]:
+        with ExitStack() as stack:
+            ptrs = [stack.enter_context(be._put(a)) if isinstance(a, bytes) else a for a in args]
+            status = be.transport.call(name, *ptrs)
+            return status, be._last_error() if status < 0 else ""
+
+    return be._locked(run)
+
+
+def _context_params() -> list[int]:
+    return list(abi.CONTEXT_PARAMS.unpack(abi.ContextParams.of(ContextOptions(n_ctx=256, n_threads=1)).pack()))
+
+
+def test_a_newer_host_struct_is_read_when_its_new_fields_are_zero(raw: tuple[ShimBackend, int]) -> None:
+    be, model = raw
+    values = _context_params()
+    newer = struct.pack(f"<{len(values) + 2}i", abi.CONTEXT_PARAMS.size + 8, *values[1:], 0, 0)
+    status, _ = _call(be, "wl_context_new", model, newer)
+    assert status > 0
+    be.free_context(status)
+
+
+def test_a_newer_host_field_this_module_does_not_know_is_refused(raw: tuple[ShimBackend, int]) -> None:
+    be, model = raw
+    values = _context_params()
+    newer = struct.pack(f"<{len(values) + 2}i", abi.CONTEXT_PARAMS.size + 8, *values[1:], 0, 7)
+    status, message = _call(be, "wl_context_new", model, newer)
+    assert status == abi.E_UNSUPPORTED
+    assert f"sets byte {abi.CONTEXT_PARAMS.size + 4}, a field this module (ABI 2.1) does not know" in message
+
+
+@pytest.mark.parametrize("size", [0, 4, abi.CONTEXT_PARAMS.size - 4, abi.CONTEXT_PARAMS.size + 2, 1 << 20])
+def test_a_struct_size_that_is_no_layout_is_refused(raw: tuple[ShimBackend, int], size: int) -> None:
+    be, model = raw
+    values = _context_params()
+    status, message = _call(be, "wl_context_new", model, struct.pack(f"<{len(values)}i", size, *values[1:]))
+    assert status == abi.E_ARG
+    assert f"wl_context_params: size {size} is no layout of it" in message
+
+
+def test_an_output_struct_is_filled_as_far_as_the_host_has_room(raw: tuple[ShimBackend, int]) -> None:
+    be, model = raw
+    full = be.model_info(model)
+    # an older host with room for the first three fields only: those are written, nothing past them
+    room = 8 * 4
+    buf = struct.pack("<q", room) + b"\xAA" * (abi.MODEL_INFO.size - 8)
+
+    def run_with(buf: bytes) -> tuple[int, bytes]:
+        with be._put(buf) as p:
+            return be.transport.call("wl_model_info_get", model, p), be.transport.read(p, len(buf))
+
+    status, out = be._locked(lambda: run_with(buf))
+    assert status == abi.MODEL_INFO.size
+    assert struct.unpack("<4q", out[:room]) == (room, full.n_params, full.size_bytes, full.n_ctx_train)
+    assert out[room:] == b"\xAA" * (abi.MODEL_INFO.size - room)
+    # a newer host with more room: its extra fields are left alone and it learns the module's size
+    bigger = abi.MODEL_INFO.size + 16
+    buf = struct.pack("<q", bigger) + b"\xAA" * (bigger - 8)
+    status, out = be._locked(lambda: run_with(buf))
+    assert status == abi.MODEL_INFO.size
+    assert abi.ModelInfo.unpack(out[:abi.MODEL_INFO.size]) == full
+    assert struct.unpack("<q", out[:8]) == (abi.MODEL_INFO.size,)
+    assert out[abi.MODEL_INFO.size:] == b"\xAA" * 16
 
 
 @pytest.mark.skipif(not native_available(), reason="the wasillama-native plugin is not installed")

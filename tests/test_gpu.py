@@ -27,8 +27,8 @@ pytestmark = pytest.mark.skipif(not _gpu_devices(),
 
 
 def _greedy(path: Path, backend: str, gpu_layers: int, n: int = 64) -> tuple[list[int], np.ndarray]:
-    with Model.load(path, backend=backend, trust_model=True, gpu_layers=gpu_layers) as model,  \
-            model.new_context(n_ctx=512) as ctx:  # type: ignore[arg-type]
+    with (Model.load(path, backend=backend, trust_model=True, gpu_layers=gpu_layers) as model,  # type: ignore[arg-type]
+          model.new_context(n_ctx=512) as ctx):
         tokens = ctx.generate("Once upon a time, in a land far away,", max_tokens=n, temperature=0).tokens
         ctx.eval(model.tokenize("Once upon a time, in a land far away,"))
         return tokens, ctx.logits()

@@ -71,7 +71,7 @@ def test_smollm2_greedy_parts_only_at_near_ties(smollm2_path: Path) -> None:
     outputs: dict[str, list[list[int]]] = {}
     for backend in ("wasm", "native"):
         with Model.load(smollm2_path, backend=backend, trust_model=True) as model, \
-                model.new_context(n_ctx=512) as ctx:  # type: ignore[arg-type]
+                model.new_context(n_ctx=512) as ctx:
             outputs[backend] = [ctx.chat([{"role": "user", "content": p}], max_tokens=64, temperature=0).tokens
                                 for p in NEAR_TIE_PROMPTS]
     identical = 0

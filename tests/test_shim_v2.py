@@ -12,6 +12,7 @@ import pytest
 
 from wasillama.backend import Backend, ModelSource, load_plugin
 from wasillama.errors import ClosedError, ContextFullError, InvalidArgumentError
+from wasillama.options import ContextOptions, LoadOptions
 from wasillama.shim import abi
 from wasillama.shim.abi import ContextParams, ModelParams, SamplerStep
 
@@ -20,7 +21,7 @@ from wasillama.shim.abi import ContextParams, ModelParams, SamplerStep
 def shim(backend_name: str, synthetic_model: Path) -> Iterator[tuple[Backend, int]]:
     plugin = load_plugin(backend_name)
     be = plugin.create()
-    model = be.load_model(ModelSource.of(synthetic_model), ModelParams())
+    model = be.load_model(ModelSource.of(synthetic_model), ModelParams.of(LoadOptions()))
     try:
         yield be, model
     finally:
@@ -30,8 +31,9 @@ def shim(backend_name: str, synthetic_model: Path) -> Iterator[tuple[Backend, in
 
 
 def _context(be: Backend, model: int, **kw: int | bool) -> int:
-    return be.new_context(model, ContextParams(**{"n_ctx": 512, "n_batch": 64, "n_ubatch": 64, "n_threads": 1,
-                                                  "n_threads_batch": 1, **kw}))
+    options = ContextOptions(**{"n_ctx": 512, "n_batch": 64, "n_ubatch": 64, "n_threads": 1, "n_threads_batch": 1,
+                                **kw})  # type: ignore[arg-type]
+    return be.new_context(model, ContextParams.of(options))
 
 
 def test_outputs_are_addressed_by_batch_position(shim: tuple[Backend, int]) -> None:
@@ -106,11 +108,7 @@ def test_bad_batches_are_clear_errors(shim: tuple[Backend, int]) -> None:
 
 
 def _chain(be: Backend, model: int, steps: list[SamplerStep]) -> int:
-    class Steps(abi.SamplerParams):
-        def steps(self) -> list[SamplerStep]:
-            return steps
-
-    return be.new_sampler(model, Steps())
+    return be.new_sampler(model, steps)
 
 
 def test_sampler_chains_in_the_callers_order(shim: tuple[Backend, int]) -> None:

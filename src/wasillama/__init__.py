@@ -26,7 +26,8 @@ from .errors import (
     WasillamaError,
 )
 from .model import Model
-from .results import GenerationResult, Timings
+from .options import ContextOptions, LoadOptions, Sampling
+from .results import GenerationResult, Timings, TokenLogprob, TopLogprob
 from .shim.abi import ModelInfo
 
 __version__ = "0.1.0"
@@ -36,8 +37,9 @@ logging.getLogger("wasillama").addHandler(logging.NullHandler())
 
 __all__ = [
     "AbortedError", "BackendError", "BackendUnavailableError", "ChatTemplateError", "ClosedError",
-    "BatchStream", "ConcurrentUseError", "Context", "ContextFullError", "DecodeError", "GenerationResult",
-    "InvalidArgumentError", "Model",
+    "BatchStream", "ConcurrentUseError", "Context", "ContextFullError", "ContextOptions", "DecodeError",
+    "GenerationResult", "InvalidArgumentError", "LoadOptions", "Model",
     "ModelInfo", "ModelLoadError", "ModelNotFoundError", "ModelTooLargeError", "OutOfMemoryError",
-    "TextStream", "Timings", "UnsupportedOptionError", "WasillamaError", "__version__",
+    "Sampling", "TextStream", "Timings", "TokenLogprob", "TopLogprob", "UnsupportedOptionError", "WasillamaError",
+    "__version__",
 ]

@@ -25,13 +25,24 @@ import numpy as np
 import numpy.typing as npt
 
 from .errors import BackendUnavailableError, ModelNotFoundError
-from .shim.abi import ContextParams, ModelInfo, ModelParams, SamplerParams
+from .shim.abi import ContextParams, ModelInfo, ModelParams, SamplerStep
 from .shim.transport import Capabilities
 
 TokenArray = npt.NDArray[np.int32]
 Buffer = bytes | bytearray | memoryview | mmap.mmap
 
 ENTRY_POINT_GROUP = "wasillama.backends"
+
+
+@dataclass(frozen=True)
+class Generated:
+    """What one wl_context_generate call produced, per sequence in the order asked."""
+
+    tokens: list[TokenArray]
+    stops: list[int]  # abi.STOP_*
+    logprobs: list[npt.NDArray[np.float32]] | None = None  # per token: its log-probability
+    top_tokens: list[TokenArray] | None = None  # per token: the n_top likeliest, [n_out, n_top]
+    top_logprobs: list[npt.NDArray[np.float32]] | None = None
 
 
 @dataclass(frozen=True)
@@ -110,6 +121,7 @@ class Backend(Protocol):
     def detokenize(self, model: int, tokens: Sequence[int] | TokenArray, keep_special: bool,
                    render_special: bool) -> bytes: ...
     def token_piece(self, model: int, token: int, render_special: bool) -> bytes: ...
+    def eog_tokens(self, model: int) -> TokenArray: ...
     def chat_apply(self, model: int, template: str | None, messages: Sequence[tuple[str, str]],
                    add_assistant: bool) -> str: ...
 
@@ -132,13 +144,13 @@ class Backend(Protocol):
     def memory_seq_add(self, ctx: int, seq: int, p0: int, p1: int, delta: int) -> None: ...
 
     # samplers
-    def new_sampler(self, model: int, params: SamplerParams) -> int: ...
+    def new_sampler(self, model: int, steps: Sequence[SamplerStep]) -> int: ...
     def free_sampler(self, sampler: int) -> None: ...
     def sampler_reset(self, sampler: int) -> None: ...
     def sampler_accept(self, sampler: int, tokens: TokenArray) -> None: ...
     def sampler_sample(self, sampler: int, ctx: int, idx: int = -1) -> int: ...
     def generate_multi(self, ctx: int, seqs: Sequence[int], samplers: Sequence[int], pending: Sequence[int],
-                       max_tokens: Sequence[int]) -> tuple[list[TokenArray], list[int]]: ...
+                       max_tokens: Sequence[int], logprobs: int | None = None) -> Generated: ...
 
 
 class BackendPlugin(Protocol):

@@ -15,6 +15,7 @@ from . import __version__
 from .backend import Backend, installed_plugins
 from .errors import WasillamaError
 from .model import Model
+from .options import MAX_TOKENS, ContextOptions, Sampling
 
 
 def _load(model_path: str | None, backend: str, gpu_layers: int, trust_model: bool) -> Model:
@@ -42,22 +43,64 @@ def model_options(f: Callable[..., Any]) -> Callable[..., Any]:
     return f
 
 
+# CLI flags for the Sampling fields (llama.cpp's names where it has one); defaults and types come
+# from the dataclass, so they cannot drift from the library's.
+_SAMPLING_FLAGS: dict[str, tuple[tuple[str, ...], str]] = {
+    "temperature": (("--temp",), "Sampling temperature; 0 = greedy."),
+    "top_k": (("--top-k",), "Keep the k likeliest tokens (0 = off)."),
+    "top_p": (("--top-p",), "Nucleus sampling (1 = off)."),
+    "min_p": (("--min-p",), "Drop tokens below this share of the likeliest (0 = off)."),
+    "typical_p": (("--typical",), "Locally typical sampling (1 = off)."),
+    "repeat_penalty": (("--repeat-penalty",), "Penalise repeated tokens (1 = off)."),
+    "repeat_last_n": (("--repeat-last-n",), "Tokens the penalties look back over."),
+    "frequency_penalty": (("--frequency-penalty",), "Penalty per earlier occurrence."),
+    "presence_penalty": (("--presence-penalty",), "Penalty for any earlier occurrence."),
+    "dry_multiplier": (("--dry-multiplier",), "DRY repetition penalty (0 = off)."),
+    "dry_base": (("--dry-base",), "DRY base."),
+    "dry_allowed_length": (("--dry-allowed-length",), "Repetitions DRY allows."),
+    "dry_last_n": (("--dry-penalty-last-n",), "Tokens DRY scans."),
+    "xtc_probability": (("--xtc-probability",), "XTC: chance to exclude the top choices (0 = off)."),
+    "xtc_threshold": (("--xtc-threshold",), "XTC threshold."),
+    "mirostat": (("--mirostat",), "Mirostat: 0 = off, 1 = v1, 2 = v2."),
+    "mirostat_tau": (("--mirostat-ent",), "Mirostat target entropy."),
+    "mirostat_eta": (("--mirostat-lr",), "Mirostat learning rate."),
+    "seed": (("-s", "--seed"), "RNG seed (default: random)."),
+    "grammar": (("--grammar",), "GBNF grammar the output must follow."),
+    "ignore_eos": (("--ignore-eos",), "Keep generating past end-of-generation tokens."),
+}
+_SAMPLING_DEFAULTS = Sampling()
+
+
 def sampling_options(f: Callable[..., Any]) -> Callable[..., Any]:
+    """Generation options: max tokens, context size, and every Sampling field (see _sampling)."""
     opts = [
-        click.option("-n", "--n-predict", "max_tokens", type=int, default=256, show_default=True,
+        click.option("-n", "--n-predict", "max_tokens", type=int, default=MAX_TOKENS, show_default=True,
                      help="Most tokens to generate."),
-        click.option("--temp", "temperature", type=float, default=0.8, show_default=True,
-                     help="Sampling temperature; 0 = greedy."),
-        click.option("--top-k", type=int, default=40, show_default=True),
-        click.option("--top-p", type=float, default=0.95, show_default=True),
-        click.option("--min-p", type=float, default=0.05, show_default=True),
-        click.option("--repeat-penalty", type=float, default=1.0, show_default=True),
-        click.option("-s", "--seed", type=int, default=None, help="RNG seed (default: random)."),
-        click.option("-c", "--ctx-size", "n_ctx", type=int, default=4096, show_default=True),
+        click.option("-c", "--ctx-size", "n_ctx", type=int, default=ContextOptions().n_ctx, show_default=True),
+        click.option("--grammar-file", type=click.File("r"), default=None, help="Read the GBNF grammar from a file."),
     ]
+    for name, (flags, help_text) in _SAMPLING_FLAGS.items():
+        default = getattr(_SAMPLING_DEFAULTS, name)
+        if isinstance(default, bool):
+            opts.append(click.option(*flags, name, is_flag=True, default=default, help=help_text))
+        else:
+            kind = {"seed": int, "grammar": str}.get(name, type(default))  # those two default to None
+            opts.append(click.option(*flags, name, type=kind, default=default, show_default=default is not None,
+                                     help=help_text))
     for opt in reversed(opts):
         f = opt(f)
     return f
+
+
+def _sampling(options: dict[str, Any]) -> dict[str, Any]:
+    """The keyword arguments generate() takes, from sampling_options' values."""
+    grammar_file = options.pop("grammar_file", None)
+    if grammar_file is not None:
+        if options.get("grammar") is not None:
+            raise click.UsageError("give --grammar or --grammar-file, not both")
+        options["grammar"] = grammar_file.read()
+    max_tokens = options.pop("max_tokens")
+    return {"sampling": Sampling(**options), "max_tokens": max_tokens}
 
 
 def _setup_logging(verbose: bool) -> None:
@@ -94,11 +137,11 @@ def run(prompt: str, raw: bool, system: str | None, timings: bool, model_path: s
     _setup_logging(verbose)
     with _load(model_path, backend, gpu_layers, trust_model) as model, model.new_context(n_ctx=n_ctx) as ctx:
         if raw or model.chat_template is None:
-            stream = ctx.stream(prompt, **sampling)
+            stream = ctx.stream(prompt, **_sampling(sampling))
         else:
             messages = [{"role": "system", "content": system}] if system else []
             messages.append({"role": "user", "content": prompt})
-            stream = ctx.chat_stream(messages, **sampling)
+            stream = ctx.chat_stream(messages, **_sampling(sampling))
         for piece in stream:
             click.echo(piece, nl=False)
         click.echo()
@@ -116,6 +159,7 @@ def chat(system: str | None, model_path: str | None, backend: str, gpu_layers: i
          verbose: bool, n_ctx: int, **sampling: Any) -> None:
     """Interactive multi-turn chat (Ctrl-D or /exit to quit, /reset to start over)."""
     _setup_logging(verbose)
+    options = _sampling(sampling)
     with _load(model_path, backend, gpu_layers, trust_model) as model, model.new_context(n_ctx=n_ctx) as ctx:
         first = [{"role": "system", "content": system}] if system else []
         messages = list(first)
@@ -136,7 +180,7 @@ def chat(system: str | None, model_path: str | None, backend: str, gpu_layers: i
             if not line:
                 continue
             messages.append({"role": "user", "content": line})
-            stream = ctx.chat_stream(messages, **sampling)
+            stream = ctx.chat_stream(messages, **options)
             for piece in stream:
                 click.echo(piece, nl=False)
             click.echo()

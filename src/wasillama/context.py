@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from .backend import Generated
 from .errors import (
     AbortedError,
     ClosedError,
@@ -36,15 +37,20 @@ from .errors import (
     UnsupportedOptionError,
     WasillamaError,
 )
-from .results import FinishReason, GenerationResult, Timings
+from .options import MAX_TOKENS, Sampling, resolve
+from .results import FinishReason, GenerationResult, Timings, TokenLogprob, TopLogprob
 from .shim import abi
-from .shim.abi import ContextParams, SamplerParams
+from .shim.abi import ContextParams, SamplerStep
 from .text import TextAssembler
 
 if TYPE_CHECKING:
     from .model import Model
 
 Message = Mapping[str, str]
+
+# Tokens one sandbox call generates per sequence when nobody waits for each piece (generate,
+# generate_batch); streams take one per call so that each piece arrives as soon as it exists.
+_STEPS_PER_CALL = 16
 
 _FINISH: dict[int, FinishReason] = {
     abi.STOP_EOG: "eos",
@@ -166,43 +172,48 @@ class Context:
 
     # ---- generation ------------------------------------------------------------------------------
 
-    def generate(self, prompt: str | Sequence[int], *, max_tokens: int = 256, temperature: float = 0.8,
-                 top_k: int = 40, top_p: float = 0.95, min_p: float = 0.05, repeat_penalty: float = 1.0,
-                 repeat_last_n: int = 64, frequency_penalty: float = 0.0, presence_penalty: float = 0.0,
-                 seed: int | None = None, stop: Sequence[str] = (), add_special: bool = True,
-                 parse_special: bool = False) -> GenerationResult:
-        """Complete `prompt` (text, or token ids). temperature=0 is greedy (deterministic)."""
-        stream = self.stream(prompt, max_tokens=max_tokens, temperature=temperature, top_k=top_k, top_p=top_p,
-                             min_p=min_p, repeat_penalty=repeat_penalty, repeat_last_n=repeat_last_n,
-                             frequency_penalty=frequency_penalty, presence_penalty=presence_penalty, seed=seed,
-                             stop=stop, add_special=add_special, parse_special=parse_special, _chunk=16)
+    def generate(self, prompt: str | Sequence[int], *, sampling: Sampling | None = None,
+                 max_tokens: int = MAX_TOKENS, stop: Sequence[str] = (), logprobs: bool = False,
+                 top_logprobs: int = 0, add_special: bool = True, parse_special: bool = False,
+                 **sampling_options: Any) -> GenerationResult:
+        """Complete `prompt` (text, or token ids) with up to max_tokens tokens.
+
+        sampling: a Sampling (its defaults when omitted); keyword arguments named like its fields
+        (temperature, top_k, seed, grammar, ...) override it. temperature=0 is greedy.
+        stop: strings that end the generation; they are not part of the text, also when the
+        model produces one across several tokens.
+        logprobs: report each token's log-probability under the model (result.logprobs), with
+        its top_logprobs likeliest alternatives (at most 20; only with logprobs=True)."""
+        job = self._job(0, prompt, sampling=sampling, max_tokens=max_tokens, stop=stop, logprobs=logprobs,
+                        top_logprobs=top_logprobs, add_special=add_special, parse_special=parse_special,
+                        **sampling_options)
+        stream = TextStream(_pieces_of_one(self._run([job], _STEPS_PER_CALL)))
         for _ in stream:
             pass
         assert stream.result is not None
         return stream.result
 
-    def stream(self, prompt: str | Sequence[int], *, max_tokens: int = 256, temperature: float = 0.8,
-               top_k: int = 40, top_p: float = 0.95, min_p: float = 0.05, repeat_penalty: float = 1.0,
-               repeat_last_n: int = 64, frequency_penalty: float = 0.0, presence_penalty: float = 0.0,
-               seed: int | None = None, stop: Sequence[str] = (), add_special: bool = True,
-               parse_special: bool = False, _chunk: int = 1) -> TextStream:
+    def stream(self, prompt: str | Sequence[int], *, sampling: Sampling | None = None,
+               max_tokens: int = MAX_TOKENS, stop: Sequence[str] = (), logprobs: bool = False,
+               top_logprobs: int = 0, add_special: bool = True, parse_special: bool = False,
+               **sampling_options: Any) -> TextStream:
         """Like generate(), as an iterator of text pieces (never a split UTF-8 character).
         The finished stream's `.result` holds the GenerationResult."""
-        job = self._job(0, prompt, max_tokens=max_tokens, temperature=temperature, top_k=top_k, top_p=top_p,
-                        min_p=min_p, repeat_penalty=repeat_penalty, repeat_last_n=repeat_last_n,
-                        frequency_penalty=frequency_penalty, presence_penalty=presence_penalty, seed=seed,
-                        stop=stop, add_special=add_special, parse_special=parse_special)
-        return TextStream(_pieces_of_one(self._run([job], _chunk if not stop else 1)))
+        job = self._job(0, prompt, sampling=sampling, max_tokens=max_tokens, stop=stop, logprobs=logprobs,
+                        top_logprobs=top_logprobs, add_special=add_special, parse_special=parse_special,
+                        **sampling_options)
+        return TextStream(_pieces_of_one(self._run([job], 1)))
 
     def generate_batch(self, prompts: Sequence[str | Sequence[int] | Mapping[str, Any]],
                        **options: Any) -> list[GenerationResult]:
         """Complete several prompts at once, each in its own sequence of this context (so at most
         n_seq_max of them): every step samples each prompt with its own sampler and decodes all
         of them in one batch. A prompt is a string, token ids, or a mapping with "prompt" and its
-        own values for any of generate()'s keyword arguments (max_tokens, temperature, seed,
-        stop, ...); `options` apply to the others. Results come in the prompts' order; with the
+        own values for any of generate()'s keyword arguments (sampling, max_tokens, stop, or a
+        Sampling field such as temperature or seed); `options` apply to every prompt unless
+        its mapping says otherwise. Results come in the prompts' order; with the
         same seeds they equal separate generate() calls."""
-        stream = self.stream_batch(prompts, **options)
+        stream = BatchStream(self._run(self._jobs(prompts, options), _STEPS_PER_CALL))
         for _ in stream:
             pass
         assert stream.results is not None
@@ -212,6 +223,21 @@ class Context:
                      **options: Any) -> BatchStream:
         """Like generate_batch(), as an iterator of (prompt index, text piece); the finished
         stream's `.results` holds the GenerationResults in the prompts' order."""
+        return BatchStream(self._run(self._jobs(prompts, options), 1))
+
+    def chat(self, messages: Sequence[Message], *, template: str | None = None, **kwargs: Any) -> GenerationResult:
+        """Answer a conversation, rendered with the model's own chat template (inside the backend)."""
+        prompt = self._model.apply_chat_template(messages, template=template)
+        return self.generate(prompt, parse_special=True, **kwargs)
+
+    def chat_stream(self, messages: Sequence[Message], *, template: str | None = None, **kwargs: Any) -> TextStream:
+        prompt = self._model.apply_chat_template(messages, template=template)
+        return self.stream(prompt, parse_special=True, **kwargs)
+
+    # ---- internals -------------------------------------------------------------------------------
+
+    def _jobs(self, prompts: Sequence[str | Sequence[int] | Mapping[str, Any]],
+              options: Mapping[str, Any]) -> list[_Job]:
         if not prompts:
             raise InvalidArgumentError("generate_batch needs at least one prompt")
         if len(prompts) > self.n_seq_max:
@@ -227,38 +253,28 @@ class Context:
                 jobs.append(self._job(i, item.pop("prompt"), **{**options, **item}))
             else:
                 jobs.append(self._job(i, item, **options))
-        chunk = 1 if any(j.stops for j in jobs) else 16
-        return BatchStream(self._run(jobs, chunk))
-    def chat(self, messages: Sequence[Message], *, template: str | None = None, **kwargs: Any) -> GenerationResult:
-        """Answer a conversation, rendered with the model's own chat template (inside the backend)."""
-        prompt = self._model.apply_chat_template(messages, template=template)
-        return self.generate(prompt, parse_special=True, **kwargs)
+        return jobs
 
-    def chat_stream(self, messages: Sequence[Message], *, template: str | None = None, **kwargs: Any) -> TextStream:
-        prompt = self._model.apply_chat_template(messages, template=template)
-        return self.stream(prompt, parse_special=True, **kwargs)
-
-    # ---- internals -------------------------------------------------------------------------------
-
-    def _job(self, seq: int, prompt: str | Sequence[int], *, max_tokens: int = 256, temperature: float = 0.8,
-             top_k: int = 40, top_p: float = 0.95, min_p: float = 0.05, repeat_penalty: float = 1.0,
-             repeat_last_n: int = 64, frequency_penalty: float = 0.0, presence_penalty: float = 0.0,
-             seed: int | None = None, stop: Sequence[str] = (), add_special: bool = True,
-             parse_special: bool = False) -> _Job:
+    def _job(self, seq: int, prompt: str | Sequence[int], *, sampling: Sampling | None = None,
+             max_tokens: int = MAX_TOKENS, stop: Sequence[str] = (), logprobs: bool = False,
+             top_logprobs: int = 0, add_special: bool = True, parse_special: bool = False,
+             **sampling_options: Any) -> _Job:
+        chosen = resolve(Sampling, sampling, sampling_options, "generate")
         if max_tokens < 0:
             raise InvalidArgumentError("max_tokens must be >= 0")
+        if not 0 <= top_logprobs <= abi.TOP_LOGPROBS_MAX:
+            raise InvalidArgumentError(f"top_logprobs must be between 0 and {abi.TOP_LOGPROBS_MAX}")
+        stops = (stop,) if isinstance(stop, str) else tuple(stop)
         if isinstance(prompt, str):
             tokens = self.tokenize(prompt, add_special=add_special, parse_special=parse_special)
         else:
             tokens = [int(t) for t in prompt]
         if not tokens:
             raise InvalidArgumentError("the prompt is empty (no tokens)")
-        if seed is None:
-            seed = int.from_bytes(os.urandom(4), "little")
-        sampling = SamplerParams(seed=seed, temperature=temperature, top_k=top_k, top_p=top_p, min_p=min_p,
-                                 repeat_penalty=repeat_penalty, penalty_last_n=repeat_last_n,
-                                 frequency_penalty=frequency_penalty, presence_penalty=presence_penalty)
-        return _Job(seq, tokens, sampling, max_tokens, tuple(stop), TextAssembler(stop))
+        seed = int.from_bytes(os.urandom(4), "little") if chosen.seed is None else chosen.seed
+        steps = abi.sampler_chain(chosen, seed, self._model.eog_tokens if chosen.ignore_eos else ())
+        return _Job(seq, tokens, chosen, steps, max_tokens, stops, TextAssembler(stops),
+                    top_logprobs if logprobs else None)
 
     def _prefix(self, seq: int, tokens: list[int]) -> int:
         """Make sequence `seq` hold the longest prefix of `tokens` that it, or another sequence,
@@ -337,6 +353,19 @@ class Context:
         if new:
             job.pending = new[-1]
 
+    def _piece_text(self, token: int) -> str:
+        return self._model.token_piece(token).decode("utf-8", "replace")
+
+    def _token_logprob(self, step: Generated, k: int, n: int, token: int, n_top: int) -> TokenLogprob:
+        assert step.logprobs is not None
+        top: tuple[TopLogprob, ...] = ()
+        if n_top:
+            assert step.top_tokens is not None and step.top_logprobs is not None
+            top = tuple(TopLogprob(int(t), self._piece_text(int(t)), float(lp))
+                        for t, lp in zip(step.top_tokens[k][n][:n_top], step.top_logprobs[k][n][:n_top], strict=True)
+                        if t >= 0)
+        return TokenLogprob(token, self._piece_text(token), float(step.logprobs[k][n]), top)
+
     def _run(self, jobs: list[_Job], chunk: int) -> Iterator[tuple[int, str] | list[GenerationResult]]:
         self._acquire()
         try:
@@ -347,7 +376,7 @@ class Context:
             t1 = time.perf_counter()
             model = self._model._require_handle()
             for job in jobs:
-                job.sampler = self._backend.new_sampler(model, job.sampling)
+                job.sampler = self._backend.new_sampler(model, job.steps)
                 if job.sampling.penalised:  # the whole prompt is history, the pending last token included
                     self._backend.sampler_accept(job.sampler, np.asarray(job.tokens, dtype=np.int32))
                 if job.max_tokens == 0:
@@ -355,20 +384,24 @@ class Context:
             while active := [j for j in jobs if j.finish is None]:
                 if self._abort_requested:
                     raise AbortedError("generation aborted")
+                tops = [j.logprobs for j in active if j.logprobs is not None]
                 try:
-                    new, why = self._backend.generate_multi(
+                    step = self._backend.generate_multi(
                         self._handle, [j.seq for j in active], [j.sampler for j in active],
-                        [j.pending for j in active], [min(chunk, j.max_tokens - len(j.out)) for j in active])
+                        [j.pending for j in active], [min(chunk, j.max_tokens - len(j.out)) for j in active],
+                        max(tops) if tops else None)
                 except BaseException:
                     for j in active:  # what the cache holds beyond the known tokens is unknown: drop it
                         with contextlib.suppress(WasillamaError):
                             self._backend.memory_seq_rm(self._handle, j.seq, len(self._cached[j.seq]), -1)
                     raise
-                for job, toks, reason in zip(active, new, why, strict=True):
+                for k, (job, toks, reason) in enumerate(zip(active, step.tokens, step.stops, strict=True)):
                     new_list = toks.tolist()
                     self._sync(job, new_list, reason)
-                    job.out.extend(new_list)
-                    for tok in new_list:
+                    for n, tok in enumerate(new_list):  # a stop string may end the text before the step's last token
+                        job.out.append(tok)
+                        if job.logprobs is not None:
+                            job.scores.append(self._token_logprob(step, k, n, tok, job.logprobs))
                         piece = job.text.push(self._model.token_piece(tok))
                         if piece:
                             yield job.index, piece
@@ -385,6 +418,7 @@ class Context:
             yield [GenerationResult(
                 text=j.text.text, tokens=j.out, prompt_tokens=len(j.tokens), cached_prompt_tokens=j.reused,
                 finish_reason=j.finish or "length", stop_sequence=j.text.stopped,
+                logprobs=j.scores if j.logprobs is not None else None,
                 timings=Timings(len(j.tokens) - j.reused, t1 - t0, len(j.out), t2 - t1)) for j in jobs]
         finally:
             try:
@@ -402,14 +436,17 @@ class _Job:
 
     seq: int
     tokens: list[int]
-    sampling: SamplerParams
+    sampling: Sampling
+    steps: list[SamplerStep]
     max_tokens: int
     stops: tuple[str, ...]
     text: TextAssembler
+    logprobs: int | None  # None: not asked for; else how many top alternatives per token
     sampler: int = 0
     pending: int = 0  # the next token to decode: sampled (or the prompt's last), not yet in the cache
     reused: int = 0
     out: list[int] = field(default_factory=list)
+    scores: list[TokenLogprob] = field(default_factory=list)
     finish: FinishReason | None = None
 
     @property

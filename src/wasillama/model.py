@@ -14,11 +14,12 @@ import threading
 import weakref
 from collections.abc import Mapping, Sequence
 from functools import cached_property
-from typing import Literal
+from typing import Any, Literal
 
 from .backend import Backend, Buffer, ModelSource, installed_plugins, load_plugin
 from .context import Context
 from .errors import ClosedError, InvalidArgumentError, ModelLoadError, UnsupportedOptionError, WasillamaError
+from .options import ContextOptions, LoadOptions, resolve
 from .shim.abi import ContextParams, ModelInfo, ModelParams
 
 log = logging.getLogger("wasillama")
@@ -54,10 +55,12 @@ class Model:
 
     @classmethod
     def load(cls, source: str | os.PathLike[str] | Buffer, *, backend: BackendName = "wasm",
-             trust_model: bool = False, gpu_layers: int = 0, main_gpu: int = 0,
-             tensor_split: Sequence[float] = (), mmap: bool = True, mlock: bool = False,
-             vocab_only: bool = False, check_tensors: bool = False) -> Model:
+             trust_model: bool = False, options: LoadOptions | None = None, **load_options: Any) -> Model:
         """Load a GGUF model from a path or from bytes.
+
+        options: a LoadOptions (its defaults when omitted); keyword arguments named like its
+        fields (gpu_layers, main_gpu, tensor_split, mmap, mlock, vocab_only, check_tensors)
+        override it.
 
         backend: "wasm" (default) runs llama.cpp inside a wasmtime sandbox: the model file can
         be hostile and the process survives. "native" uses the wasillama-native plugin (GPU,
@@ -65,13 +68,13 @@ class Model:
         "auto" picks native only when the plugin is installed and the model is too big for
         wasm32 or GPU layers were asked for (still subject to trust_model).
         """
+        opts = resolve(LoadOptions, options, load_options, "Model.load")
         src = ModelSource.of(source)
         if src.size == 0:
             raise ModelLoadError(f"{src.describe()} is empty (0 bytes): not a GGUF model file")
-        name = _choose_backend(backend, src, gpu_layers)
+        name = _choose_backend(backend, src, opts.gpu_layers)
         log.info("loading %s with the %s backend", src.describe(), name)
-        params = ModelParams(n_gpu_layers=gpu_layers, main_gpu=main_gpu, use_mmap=mmap, use_mlock=mlock,
-                             vocab_only=vocab_only, check_tensors=check_tensors)
+        params = ModelParams.of(opts)
         plugin = load_plugin(name)
         if not plugin.capabilities.sandboxed and not trust_model:
             raise UnsupportedOptionError(
@@ -79,7 +82,7 @@ class Model:
                 "compromise this process. Pass trust_model=True if you trust the file.")
         be: Backend = plugin.create()
         try:
-            handle = be.load_model(src, params, tensor_split)
+            handle = be.load_model(src, params, opts.tensor_split)
         except BaseException:
             if plugin.per_model:
                 be.close()  # the whole sandbox goes, and with it every handle in it
@@ -210,6 +213,11 @@ class Model:
         raw = self._backend.detokenize(self._require_handle(), list(tokens), keep_special, render_special)
         return raw.decode("utf-8", "replace")
 
+    @cached_property
+    def eog_tokens(self) -> tuple[int, ...]:
+        """The tokens that end generation (EOS, EOT, ... as the vocabulary marks them)."""
+        return tuple(int(t) for t in self._backend.eog_tokens(self._require_handle()))
+
     def token_piece(self, token: int) -> bytes:
         """The bytes a token stands for (may be part of a UTF-8 character). Cached per token."""
         piece = self._pieces.get(token)
@@ -231,20 +239,11 @@ class Model:
 
     # ---- contexts ----------------------------------------------------------------------------
 
-    def new_context(self, *, n_ctx: int = 4096, n_batch: int = 512, n_ubatch: int = 512, n_seq_max: int = 1,
-                    n_threads: int = 0, n_threads_batch: int = 0, flash_attn: bool | None = None, type_k: int = -1,
-                    type_v: int = -1, offload_kqv: bool = True) -> Context:
-        """A new KV cache of n_ctx tokens (0 = the model's training length), shared by n_seq_max
-        sequences (each holds n_ctx / n_seq_max tokens; `Context.generate_batch` uses them)."""
-        if n_ctx < 0 or n_batch <= 0 or n_ubatch <= 0:
-            raise InvalidArgumentError("n_ctx must be >= 0, n_batch and n_ubatch > 0")
-        if not 1 <= n_seq_max <= 256:
-            raise InvalidArgumentError("n_seq_max must be between 1 and 256")
-        params = ContextParams(n_ctx=n_ctx, n_batch=n_batch, n_ubatch=min(n_ubatch, n_batch), n_seq_max=n_seq_max,
-                               n_threads=n_threads,
-                               n_threads_batch=n_threads_batch,
-                               flash_attn=-1 if flash_attn is None else int(flash_attn),
-                               type_k=type_k, type_v=type_v, offload_kqv=offload_kqv)
+    def new_context(self, options: ContextOptions | None = None, **context_options: Any) -> Context:
+        """A new KV cache (ContextOptions: n_ctx tokens, 0 = the model's training length, shared by
+        n_seq_max sequences that each hold n_ctx / n_seq_max; `Context.generate_batch` uses
+        them). Keyword arguments named like ContextOptions' fields override `options`."""
+        params = ContextParams.of(resolve(ContextOptions, options, context_options, "new_context"))
         self._require_handle()
         ctx = Context(self, params)
         with self._lock:

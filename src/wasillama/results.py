@@ -29,6 +29,26 @@ class Timings:
 
 
 @dataclass(frozen=True)
+class TopLogprob:
+    """One of the likeliest tokens at a step, under the model (before any sampler)."""
+
+    token: int
+    text: str  # the token's bytes as text (a partial UTF-8 character shows as U+FFFD)
+    logprob: float
+
+
+@dataclass(frozen=True)
+class TokenLogprob:
+    """A generated token with its log-probability under the model: the log-softmax of the raw
+    logits, before temperature, truncation or penalties (what OpenAI's `logprobs` report)."""
+
+    token: int
+    text: str
+    logprob: float
+    top: tuple[TopLogprob, ...] = ()  # the top_logprobs likeliest tokens, likeliest first
+
+
+@dataclass(frozen=True)
 class GenerationResult:
     """The outcome of Context.generate / Context.chat (and of a finished stream)."""
 
@@ -39,6 +59,7 @@ class GenerationResult:
     finish_reason: FinishReason
     timings: Timings
     stop_sequence: str | None = field(default=None)
+    logprobs: list[TokenLogprob] | None = field(default=None)  # one per token, when asked for
 
     @property
     def completion_tokens(self) -> int:

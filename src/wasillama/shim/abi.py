@@ -2,19 +2,22 @@
 
 Mirrors shim/wasillama.h (tests/test_abi.py holds the two together, and against the exports of
 wasm/llama.wasm). The structs hold only fixed-width little-endian scalars, so the same bytes are
-valid in the wasm32 guest and in the native library.
+valid in the wasm32 guest and in the native library; each begins with its own size (the header's
+"Sized structs").
 """
 
 from __future__ import annotations
 
+import math
 import struct
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 from .. import errors
+from ..options import ContextOptions, LoadOptions, Sampling
 
 ABI_VERSION = 2  # the major version: must match
-ABI_MINOR = 0    # additions: the module's minor version must be at least this
+ABI_MINOR = 1    # additions: the module's minor version must be at least this
 
 
 def split_version(raw: int) -> tuple[int, int]:
@@ -45,13 +48,15 @@ FUNCTIONS: dict[str, tuple[str, ...]] = {
     "wl_vocab_detokenize": ("i32", "ptr", "i32", "i32", "ptr", "i32"),
     "wl_vocab_piece": ("i32", "i32", "i32", "ptr", "i32"),
     "wl_vocab_is_eog": ("i32", "i32"),
+    "wl_vocab_eog_tokens": ("i32", "ptr", "i32"),
     "wl_context_new": ("i32", "ptr"),
     "wl_context_free": ("i32",),
     "wl_context_info": ("i32", "ptr", "i32"),
     "wl_context_abort_flag": ("i32", "ptr"),
     "wl_context_decode": ("i32", "ptr", "i32", "ptr", "ptr", "ptr", "ptr"),
     "wl_context_logits": ("i32", "i32", "ptr", "i32"),
-    "wl_context_generate": ("i32", "i32", "ptr", "ptr", "ptr", "ptr", "i32", "ptr", "ptr", "ptr"),
+    "wl_context_generate": ("i32", "i32", "ptr", "ptr", "ptr", "ptr", "i32", "ptr", "ptr", "ptr", "ptr", "i32",
+                            "ptr", "ptr"),
     "wl_memory_clear": ("i32",),
     "wl_memory_seq_rm": ("i32", "i32", "i32", "i32"),
     "wl_memory_seq_cp": ("i32", "i32", "i32", "i32", "i32"),
@@ -97,9 +102,13 @@ SAMPLER_MIROSTAT_V2 = 13
 SAMPLER_LOGIT_BIAS = 14
 SAMPLER_GRAMMAR = 15
 
+SPLIT_MODE_LAYER = 1  # llama_split_mode: whole layers per GPU
+
 STOP_LENGTH = 0
 STOP_EOG = 1
 STOP_CTX_FULL = 2
+
+TOP_LOGPROBS_MAX = 20
 
 TOK_ADD_SPECIAL = 1
 TOK_PARSE_SPECIAL = 2
@@ -139,53 +148,63 @@ def pack_messages(messages: Sequence[tuple[str, str]]) -> bytes:
     return b"".join(parts)
 
 
-MODEL_PARAMS = struct.Struct("<16i")
-CONTEXT_PARAMS = struct.Struct("<16i")
-MODEL_INFO = struct.Struct("<24q")
+MODEL_PARAMS = struct.Struct("<8i")     # size, then 7 fields
+CONTEXT_PARAMS = struct.Struct("<14i")  # size, then 13 fields
+MODEL_INFO = struct.Struct("<19q")      # size, then 18 fields
 
 
 @dataclass(frozen=True)
 class ModelParams:
-    """Load options (see wl_model_params). Native-only fields are validated by the backend."""
+    """wl_model_params; made from the public LoadOptions (whose defaults are the only ones)."""
 
-    n_gpu_layers: int = 0
-    main_gpu: int = 0
-    split_mode: int = 1  # llama_split_mode LAYER
-    use_mmap: bool = True
-    use_mlock: bool = False
-    vocab_only: bool = False
-    check_tensors: bool = False
+    n_gpu_layers: int
+    main_gpu: int
+    split_mode: int  # llama_split_mode
+    use_mmap: bool
+    use_mlock: bool
+    vocab_only: bool
+    check_tensors: bool
+
+    @classmethod
+    def of(cls, o: LoadOptions) -> ModelParams:
+        return cls(o.gpu_layers, o.main_gpu, SPLIT_MODE_LAYER, o.mmap, o.mlock, o.vocab_only, o.check_tensors)
 
     def pack(self) -> bytes:
         return MODEL_PARAMS.pack(
-            self.n_gpu_layers, self.main_gpu, self.split_mode, int(self.use_mmap),
-            int(self.use_mlock), int(self.vocab_only), int(self.check_tensors), *([0] * 9),
+            MODEL_PARAMS.size, self.n_gpu_layers, self.main_gpu, self.split_mode, int(self.use_mmap),
+            int(self.use_mlock), int(self.vocab_only), int(self.check_tensors),
         )
 
 
 @dataclass(frozen=True)
 class ContextParams:
-    """Context options (see wl_context_params)."""
+    """wl_context_params; made from the public ContextOptions (whose defaults are the only ones)."""
 
-    n_ctx: int = 0
-    n_batch: int = 512
-    n_ubatch: int = 512
-    n_seq_max: int = 1
-    n_threads: int = 0
-    n_threads_batch: int = 0
-    embeddings: bool = False
-    flash_attn: int = -1
-    type_k: int = -1
-    type_v: int = -1
-    offload_kqv: bool = True
-    pooling_type: int = -1
-    kv_unified: bool = False
+    n_ctx: int
+    n_batch: int
+    n_ubatch: int
+    n_seq_max: int
+    n_threads: int
+    n_threads_batch: int
+    embeddings: bool
+    flash_attn: int  # -1 auto, 0 off, 1 on
+    type_k: int
+    type_v: int
+    offload_kqv: bool
+    pooling_type: int  # -1 = from the model
+    kv_unified: bool
+
+    @classmethod
+    def of(cls, o: ContextOptions) -> ContextParams:
+        return cls(o.n_ctx, o.n_batch, min(o.n_ubatch, o.n_batch), o.n_seq_max, o.n_threads, o.n_threads_batch,
+                   False, -1 if o.flash_attn is None else int(o.flash_attn), o.type_k, o.type_v, o.offload_kqv,
+                   -1, o.kv_unified)
 
     def pack(self) -> bytes:
         return CONTEXT_PARAMS.pack(
-            self.n_ctx, self.n_batch, self.n_ubatch, self.n_seq_max, self.n_threads,
+            CONTEXT_PARAMS.size, self.n_ctx, self.n_batch, self.n_ubatch, self.n_seq_max, self.n_threads,
             self.n_threads_batch, int(self.embeddings), self.flash_attn, self.type_k, self.type_v,
-            int(self.offload_kqv), self.pooling_type, int(self.kv_unified), 0, 0, 0,
+            int(self.offload_kqv), self.pooling_type, int(self.kv_unified),
         )
 
 
@@ -199,45 +218,55 @@ class SamplerStep:
     text: bytes = b""
 
 
-@dataclass(frozen=True)
-class SamplerParams:
-    """Sampling options; `steps()` is the sampler chain they make. temperature <= 0 means greedy."""
+def _i32_seed(seed: int) -> int:
+    seed &= 0xFFFFFFFF  # llama.cpp's seeds are uint32; the ABI passes int32
+    return seed - 2**32 if seed >= 2**31 else seed
 
-    seed: int = 0xFFFFFFFF
-    temperature: float = 0.8
-    top_k: int = 40
-    top_p: float = 0.95
-    min_p: float = 0.05
-    typical_p: float = 1.0
-    repeat_penalty: float = 1.0
-    penalty_last_n: int = 64
-    frequency_penalty: float = 0.0
-    presence_penalty: float = 0.0
 
-    @property
-    def penalised(self) -> bool:
-        return self.repeat_penalty != 1.0 or self.frequency_penalty != 0.0 or self.presence_penalty != 0.0
-
-    def steps(self) -> list[SamplerStep]:
-        """llama.cpp's common order: penalties, then greedy — or truncate, temperature, draw."""
-        out = []
-        if self.penalised:
-            out.append(SamplerStep(SAMPLER_PENALTIES, (self.repeat_penalty, self.frequency_penalty,
-                                                       self.presence_penalty), (self.penalty_last_n,)))
-        if self.temperature <= 0:
-            return [*out, SamplerStep(SAMPLER_GREEDY)]
-        if self.top_k > 0:
-            out.append(SamplerStep(SAMPLER_TOP_K, (), (self.top_k,)))
-        if self.typical_p < 1.0:
-            out.append(SamplerStep(SAMPLER_TYPICAL, (self.typical_p,), (1,)))
-        if self.top_p < 1.0:
-            out.append(SamplerStep(SAMPLER_TOP_P, (self.top_p,), (1,)))
-        if self.min_p > 0.0:
-            out.append(SamplerStep(SAMPLER_MIN_P, (self.min_p,), (1,)))
-        out.append(SamplerStep(SAMPLER_TEMP, (self.temperature,)))
-        seed = self.seed & 0xFFFFFFFF
-        out.append(SamplerStep(SAMPLER_DIST, (), (seed - 2**32 if seed >= 2**31 else seed,)))  # a uint32, as int32
-        return out
+def sampler_chain(s: Sampling, seed: int, eog_tokens: Sequence[int] = ()) -> list[SamplerStep]:
+    """The chain llama.cpp's common sampler builds for these options (common/sampling.cpp),
+    with a grammar first (it constrains every candidate) and greedy for temperature <= 0.
+    `eog_tokens` get a bias of -inf when s.ignore_eos."""
+    out = []
+    if s.grammar is not None:
+        if "\0" in s.grammar:
+            raise errors.InvalidArgumentError("the grammar must not contain NUL characters")
+        out.append(SamplerStep(SAMPLER_GRAMMAR, text=s.grammar.encode() + b"\0root"))
+    bias = dict(s.logit_bias)
+    if s.ignore_eos:
+        bias.update({t: -math.inf for t in eog_tokens})
+    if bias:
+        out.append(SamplerStep(SAMPLER_LOGIT_BIAS, tuple(bias.values()), tuple(bias.keys())))
+    if s.repeat_penalty != 1.0 or s.frequency_penalty != 0.0 or s.presence_penalty != 0.0:
+        out.append(SamplerStep(SAMPLER_PENALTIES, (s.repeat_penalty, s.frequency_penalty, s.presence_penalty),
+                               (s.repeat_last_n,)))
+    if s.dry_multiplier > 0.0:
+        breakers = [b for b in s.dry_sequence_breakers if b]
+        if any("\0" in b for b in breakers):
+            raise errors.InvalidArgumentError("DRY sequence breakers must not contain NUL characters")
+        out.append(SamplerStep(SAMPLER_DRY, (s.dry_multiplier, s.dry_base), (s.dry_allowed_length, s.dry_last_n),
+                               b"\0".join(b.encode() for b in breakers)))
+    if s.mirostat == 1:
+        return [*out, SamplerStep(SAMPLER_TEMP, (s.temperature,)),
+                SamplerStep(SAMPLER_MIROSTAT, (s.mirostat_tau, s.mirostat_eta), (_i32_seed(seed), 100))]
+    if s.mirostat == 2:
+        return [*out, SamplerStep(SAMPLER_TEMP, (s.temperature,)),
+                SamplerStep(SAMPLER_MIROSTAT_V2, (s.mirostat_tau, s.mirostat_eta), (_i32_seed(seed),))]
+    if s.temperature <= 0:
+        return [*out, SamplerStep(SAMPLER_GREEDY)]
+    if s.top_k > 0:
+        out.append(SamplerStep(SAMPLER_TOP_K, (), (s.top_k,)))
+    if s.typical_p < 1.0:
+        out.append(SamplerStep(SAMPLER_TYPICAL, (s.typical_p,), (1,)))
+    if s.top_p < 1.0:
+        out.append(SamplerStep(SAMPLER_TOP_P, (s.top_p,), (1,)))
+    if s.min_p > 0.0:
+        out.append(SamplerStep(SAMPLER_MIN_P, (s.min_p,), (1,)))
+    if s.xtc_probability > 0.0:
+        out.append(SamplerStep(SAMPLER_XTC, (s.xtc_probability, s.xtc_threshold), (1, _i32_seed(seed))))
+    out.append(SamplerStep(SAMPLER_TEMP, (s.temperature,)))
+    out.append(SamplerStep(SAMPLER_DIST, (), (_i32_seed(seed),)))
+    return out
 
 
 @dataclass(frozen=True)
@@ -263,8 +292,13 @@ class ModelInfo:
     has_decoder: bool
     n_swa: int
 
+    @staticmethod
+    def room() -> bytes:
+        """An empty wl_model_info with its size set, for the module to fill."""
+        return MODEL_INFO.pack(MODEL_INFO.size, *([0] * (MODEL_INFO.size // 8 - 1)))
+
     @classmethod
     def unpack(cls, raw: bytes) -> ModelInfo:
-        v = MODEL_INFO.unpack(raw)
+        _, *v = MODEL_INFO.unpack(raw)
         return cls(v[0], v[1], v[2], v[3], v[4], v[5], v[6], v[7], v[8], v[9], v[10], v[11], v[12],
                    bool(v[13]), bool(v[14]), bool(v[15]), bool(v[16]), v[17])

@@ -17,14 +17,14 @@ import os
 import struct
 import threading
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager, nullcontext
+from contextlib import ExitStack, contextmanager, nullcontext
 from dataclasses import replace
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import numpy as np
 import numpy.typing as npt
 
-from ..backend import Device, ModelSource, TokenArray
+from ..backend import Device, Generated, ModelSource, TokenArray
 from ..errors import (
     BackendError,
     ChatTemplateError,
@@ -35,7 +35,7 @@ from ..errors import (
     UnsupportedOptionError,
 )
 from . import abi
-from .abi import ContextParams, ModelInfo, ModelParams, SamplerParams
+from .abi import ContextParams, ModelInfo, ModelParams, SamplerStep
 from .transport import Transport
 
 T = TypeVar("T")
@@ -212,7 +212,8 @@ class ShimBackend:
 
     def model_info(self, model: int) -> ModelInfo:
         def run() -> ModelInfo:
-            with self._scratch(abi.MODEL_INFO.size) as p:
+            with self._put(ModelInfo.room()) as p:
+                # a module of this minor version or later fills every field this host knows
                 self._check("wl_model_info_get", i32(model, "model"), p)
                 return ModelInfo.unpack(self._t.read(p, abi.MODEL_INFO.size))
 
@@ -276,6 +277,10 @@ class ShimBackend:
         flags = abi.tok_flags(False, render_special)
         return self._locked(lambda: self._fill("wl_vocab_piece", i32(model, "model"), i32(token, "token"),
                                                flags, cap=64))
+
+    def eog_tokens(self, model: int) -> TokenArray:
+        raw = self._locked(lambda: self._fill("wl_vocab_eog_tokens", i32(model, "model"), cap=16, itemsize=4))
+        return np.frombuffer(raw, dtype=np.int32).copy()
 
     def token_is_eog(self, model: int, token: int) -> bool:
         return bool(self._locked(lambda: self._check("wl_vocab_is_eog", i32(model, "model"),
@@ -421,12 +426,12 @@ class ShimBackend:
 
     # ---- samplers ----------------------------------------------------------------------------
 
-    def new_sampler(self, model: int, params: SamplerParams) -> int:
-        """A sampler chain holding a reference to the model, made of params.steps() in order."""
+    def new_sampler(self, model: int, steps: Sequence[SamplerStep]) -> int:
+        """A sampler chain holding a reference to the model, made of `steps` in order."""
         def run() -> int:
             chain = self._check("wl_sampler_chain_new", i32(model, "model"))
             try:
-                for step in params.steps():
+                for step in steps:
                     floats = np.asarray(step.floats, dtype=np.float32) if step.floats else None
                     ints = i32_array(step.ints, "sampler parameters") if step.ints else None
                     with self._put(floats) as fp, self._put(ints) as ip, self._put(step.text or None) as tp:
@@ -460,24 +465,48 @@ class ShimBackend:
                                                 i32(idx, "idx")))
 
     def generate_multi(self, ctx: int, seqs: Sequence[int], samplers: Sequence[int], pending: Sequence[int],
-                       max_tokens: Sequence[int]) -> tuple[list[TokenArray], list[int]]:
-        """wl_context_generate: per sequence, the tokens written and why it stopped. A failed decode
-        raises; what was generated before it is then lost to the caller (the cache keeps it)."""
+                       max_tokens: Sequence[int], logprobs: int | None = None) -> Generated:
+        """wl_context_generate: per sequence, the tokens written and why it stopped; with
+        `logprobs` (0 ... abi.TOP_LOGPROBS_MAX) each token's log-probability and that many of the
+        likeliest tokens. A failed decode raises; what was generated before it is then lost to
+        the caller (the cache keeps it)."""
         seq_a, smp_a, pend_a, max_a = (i32_array(v, name) for v, name in (
             (seqs, "seqs"), (samplers, "samplers"), (pending, "pending"), (max_tokens, "max_tokens")))
         n = seq_a.size
         if not n or not (smp_a.size == pend_a.size == max_a.size == n):
             raise InvalidArgumentError("seqs, samplers, pending and max_tokens need one entry per sequence")
+        if logprobs is not None and not 0 <= logprobs <= abi.TOP_LOGPROBS_MAX:
+            raise InvalidArgumentError(f"top logprobs must be between 0 and {abi.TOP_LOGPROBS_MAX}")
         stride = max(int(max_a.max()), 1)
+        n_top = logprobs or 0
+        cells = n * stride
 
-        def run() -> tuple[list[TokenArray], list[int]]:
-            with self._put(seq_a) as sp, self._put(smp_a) as mp, self._put(pend_a) as pp, self._put(max_a) as xp, \
-                    self._scratch(4 * n * stride) as out, self._scratch(4 * n) as n_out, self._scratch(4 * n) as stop:
-                self._check("wl_context_generate", i32(ctx, "context"), n, sp, mp, pp, xp, stride, out, n_out, stop)
+        def run() -> Generated:
+            with ExitStack() as stack:
+                scratch = [stack.enter_context(self._put(a)) for a in (seq_a, smp_a, pend_a, max_a)]
+                out, n_out, stop = (stack.enter_context(self._scratch(4 * k)) for k in (cells, n, n))
+                lp, tt, tl = 0, 0, 0
+                if logprobs is not None:
+                    lp = stack.enter_context(self._scratch(4 * cells))
+                    if n_top:
+                        tt, tl = (stack.enter_context(self._scratch(4 * cells * n_top)) for _ in range(2))
+                self._check("wl_context_generate", i32(ctx, "context"), n, *scratch, stride, out, n_out, stop,
+                            lp, n_top, tt, tl)
                 counts = np.frombuffer(self._t.read(n_out, 4 * n), dtype=np.int32)
-                tokens = np.frombuffer(self._t.read(out, 4 * n * stride), dtype=np.int32).reshape(n, stride)
-                stops = np.frombuffer(self._t.read(stop, 4 * n), dtype=np.int32)
-                return [tokens[i, : counts[i]].copy() for i in range(n)], [int(x) for x in stops]
+                stops = [int(x) for x in np.frombuffer(self._t.read(stop, 4 * n), dtype=np.int32)]
+
+                def rows(ptr: int, dtype: type[np.generic], width: int = 1) -> list[Any]:
+                    arr = np.frombuffer(self._t.read(ptr, 4 * cells * width), dtype=dtype).reshape(n, stride, width)
+                    return [arr[i, : counts[i]].reshape(-1) if width == 1 else arr[i, : counts[i]].copy()
+                            for i in range(n)]
+
+                tokens = [r.copy() for r in rows(out, np.int32)]
+                if logprobs is None:
+                    return Generated(tokens, stops)
+                chosen = [r.copy() for r in rows(lp, np.float32)]
+                if not n_top:
+                    return Generated(tokens, stops, chosen)
+                return Generated(tokens, stops, chosen, rows(tt, np.int32, n_top), rows(tl, np.float32, n_top))
 
         return self._locked(run)
 

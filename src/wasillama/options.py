@@ -1,0 +1,159 @@
+"""Option groups: what loading, a context and sampling take, each a frozen dataclass whose field
+defaults are the library's defaults (the only place they are written: `generate`, `stream`,
+`chat`, `generate_batch`, the CLI and the server read them from here).
+
+Keyword arguments still work everywhere; they override the group's fields::
+
+    ctx.generate("Hi", sampling=Sampling(temperature=0.2, seed=7))
+    ctx.generate("Hi", temperature=0.2, seed=7)          # the same
+    ctx.generate("Hi", sampling=creative, max_tokens=32, top_k=0)
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+from .errors import InvalidArgumentError
+
+T = TypeVar("T")
+
+MAX_TOKENS = 256  # tokens generate() produces at most unless told otherwise
+
+
+@dataclass(frozen=True)
+class LoadOptions:
+    """How a model is loaded (Model.load). GPU fields need the native backend."""
+
+    gpu_layers: int = 0  # layers to offload to the GPU; -1 = all
+    main_gpu: int = 0
+    tensor_split: tuple[float, ...] = ()  # share of each GPU
+    mmap: bool = True  # native path loads only
+    mlock: bool = False
+    vocab_only: bool = False  # the vocabulary alone: tokenize, no contexts
+    check_tensors: bool = False  # validate tensor data while loading
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "tensor_split", tuple(float(x) for x in self.tensor_split))
+
+
+@dataclass(frozen=True)
+class ContextOptions:
+    """A context's KV cache and compute (Model.new_context)."""
+
+    n_ctx: int = 4096  # cache cells; 0 = the model's training length
+    n_batch: int = 512  # most tokens one decode takes (longer prompts go in chunks of this)
+    n_ubatch: int = 512  # physical batch inside a decode
+    n_seq_max: int = 1  # sequences (parallel prompts, generate_batch); each gets n_ctx / n_seq_max
+    n_threads: int = 0  # 0 = the backend's choice
+    n_threads_batch: int = 0
+    flash_attn: bool | None = None  # None = llama.cpp decides
+    type_k: int = -1  # ggml type of the K cache; -1 = default (f16)
+    type_v: int = -1
+    offload_kqv: bool = True  # native GPU builds
+    kv_unified: bool = False  # one buffer for all sequences (a token may belong to several)
+
+    def __post_init__(self) -> None:
+        if self.n_ctx < 0 or self.n_batch <= 0 or self.n_ubatch <= 0:
+            raise InvalidArgumentError("n_ctx must be >= 0, n_batch and n_ubatch > 0")
+        if not 1 <= self.n_seq_max <= 256:
+            raise InvalidArgumentError("n_seq_max must be between 1 and 256")
+
+
+DRY_BREAKERS = ("\n", ":", '"', "*")  # llama.cpp's default sequence breakers
+
+
+@dataclass(frozen=True)
+class Sampling:
+    """How each next token is chosen: llama.cpp's sampler chain, run inside the backend, in
+    llama.cpp's order (logit bias, penalties, DRY, top-k, typical, top-p, min-p, XTC,
+    temperature, then a draw; or temperature and mirostat). temperature <= 0 is greedy."""
+
+    temperature: float = 0.8
+    top_k: int = 40  # 0 = off
+    top_p: float = 0.95  # 1 = off
+    min_p: float = 0.05  # 0 = off
+    typical_p: float = 1.0  # 1 = off
+    repeat_penalty: float = 1.0  # 1 = off
+    frequency_penalty: float = 0.0
+    presence_penalty: float = 0.0
+    repeat_last_n: int = 64  # tokens the penalties look back over
+    dry_multiplier: float = 0.0  # 0 = off
+    dry_base: float = 1.75
+    dry_allowed_length: int = 2
+    dry_last_n: int = 64  # tokens DRY scans for repetitions
+    dry_sequence_breakers: tuple[str, ...] = DRY_BREAKERS
+    xtc_probability: float = 0.0  # 0 = off
+    xtc_threshold: float = 0.1
+    mirostat: int = 0  # 0 = off, 1 = v1, 2 = v2 (replaces top-k ... min-p)
+    mirostat_tau: float = 5.0
+    mirostat_eta: float = 0.1
+    logit_bias: Mapping[int, float] = field(default_factory=dict)  # token id -> added to its logit
+    seed: int | None = None  # None = a random seed per call; the same seed gives the same text
+    grammar: str | None = None  # GBNF; the output follows its "root" rule
+    ignore_eos: bool = False  # never end on an end-of-generation token
+
+    def __post_init__(self) -> None:
+        bias = {int(k): float(v) for k, v in dict(self.logit_bias).items()}
+        object.__setattr__(self, "logit_bias", _FrozenMap(bias))
+        object.__setattr__(self, "dry_sequence_breakers", tuple(self.dry_sequence_breakers))
+        checks = [
+            (self.top_k >= 0, "top_k must be >= 0"),
+            (0.0 <= self.top_p <= 1.0, "top_p must be in [0, 1]"),
+            (0.0 <= self.min_p <= 1.0, "min_p must be in [0, 1]"),
+            (0.0 < self.typical_p <= 1.0, "typical_p must be in (0, 1]"),
+            (self.repeat_penalty > 0.0, "repeat_penalty must be > 0"),
+            (self.repeat_last_n >= 0, "repeat_last_n must be >= 0"),
+            (self.dry_multiplier >= 0.0 and self.dry_base >= 0.0, "dry_multiplier and dry_base must be >= 0"),
+            (self.dry_allowed_length >= 0 and self.dry_last_n >= 0, "DRY lengths must be >= 0"),
+            (0.0 <= self.xtc_probability <= 1.0, "xtc_probability must be in [0, 1]"),
+            (self.mirostat in (0, 1, 2), "mirostat must be 0, 1 or 2"),
+            (self.mirostat_tau >= 0.0 and self.mirostat_eta >= 0.0, "mirostat_tau and _eta must be >= 0"),
+            (all(not math.isnan(v) for v in bias.values()), "a logit bias is NaN"),
+            (all(math.isfinite(x) for x in (self.temperature, self.top_p, self.min_p, self.typical_p,
+                                            self.repeat_penalty, self.frequency_penalty, self.presence_penalty)),
+             "sampling parameters must be finite numbers"),
+        ]
+        for ok, message in checks:
+            if not ok:
+                raise InvalidArgumentError(message)
+
+    @property
+    def greedy(self) -> bool:
+        return self.temperature <= 0.0 and self.mirostat == 0
+
+    @property
+    def penalised(self) -> bool:
+        """Whether the chain needs the prompt as history (penalties or DRY)."""
+        return (self.repeat_penalty != 1.0 or self.frequency_penalty != 0.0 or self.presence_penalty != 0.0
+                or self.dry_multiplier > 0.0)
+
+
+class _FrozenMap(dict[int, float]):
+    """A dict that cannot change (so a frozen Sampling stays frozen) and hashes by content."""
+
+    def _refuse(self, *args: Any, **kwargs: Any) -> None:
+        raise TypeError("Sampling.logit_bias cannot be changed: make a new Sampling (dataclasses.replace)")
+
+    __setitem__ = __delitem__ = update = pop = popitem = clear = setdefault = _refuse  # type: ignore[assignment]
+
+    def __hash__(self) -> int:  # type: ignore[override]
+        return hash(tuple(sorted(self.items())))
+
+
+def names(group: type[Any]) -> frozenset[str]:
+    """The field names of an option group."""
+    return frozenset(f.name for f in dataclasses.fields(group))
+
+
+def resolve(group: type[T], base: T | None, overrides: Mapping[str, Any], what: str) -> T:
+    """`base` (or the group's defaults) with `overrides` applied; an unknown name is an error."""
+    unknown = set(overrides) - names(group)
+    if unknown:
+        raise TypeError(f"{what}: unknown option(s) {', '.join(sorted(unknown))}")
+    if base is None:
+        return group(**overrides)
+    return dataclasses.replace(base, **overrides) if overrides else base  # type: ignore[type-var]
