@@ -87,6 +87,7 @@ struct Context {
     int32_t n_outputs = 0;
     std::vector<int32_t> output_pos;  // batch positions of the last decode's outputs, in order
     bool kv_unified = false;
+    bool embeddings = false;
     // After the cache changed or a decode started, the old outputs can no longer be read.
     void forget_outputs() {
         n_outputs = 0;
@@ -410,6 +411,19 @@ void log_probs(const float * logits, int32_t n_vocab, llama_token chosen, int32_
 }
 
 // A chain may sample from a context when it picks a token in the end and speaks its model's vocabulary.
+// idx >= 0: the batch position of a token of the last decode that had an output; idx < 0: counts
+// back from its last output.
+void require_output(const Context & c, int32_t idx) {
+    if (idx >= 0) {
+        if (!std::binary_search(c.output_pos.begin(), c.output_pos.end(), idx)) {
+            throw wl_error(WL_E_ARG, "token " + std::to_string(idx) + " of the last decode has no output");
+        }
+    } else if (-(int64_t) idx > c.n_outputs) {
+        throw wl_error(WL_E_ARG, "output " + std::to_string(idx) + " does not exist: the last decode had " +
+                                     std::to_string(c.n_outputs));
+    }
+}
+
 void check_can_sample(const Sampler & s, const Context & c) {
     require(s.ends_with_selector, "the sampler chain must end with greedy, dist, mirostat or mirostat_v2");
     require(s.model == c.owner, "the sampler chain belongs to another model than the context");
@@ -875,6 +889,7 @@ WL_EXPORT(wl_context_new) int32_t wl_context_new(int32_t model, const wl_context
         cp.abort_callback_data = c.get();
         t_last_log_error.clear();
         c->kv_unified = cp.kv_unified;
+        c->embeddings = cp.embeddings;
         c->ctx = llama_init_from_model(m->model, cp);
         if (!c->ctx) {
             std::string msg = "failed to create the context";
@@ -895,7 +910,8 @@ WL_EXPORT(wl_context_info) int32_t wl_context_info(int32_t ctx, int32_t * out, i
         auto c = lookup(reg().contexts, ctx, "context");
         const int32_t values[] = {(int32_t) llama_n_ctx(c->ctx), (int32_t) llama_n_batch(c->ctx),
                                   (int32_t) llama_n_ubatch(c->ctx), (int32_t) llama_n_seq_max(c->ctx),
-                                  (int32_t) llama_n_ctx_seq(c->ctx)};
+                                  (int32_t) llama_n_ctx_seq(c->ctx), (int32_t) c->embeddings,
+                                  (int32_t) llama_pooling_type(c->ctx)};
         const int32_t n = (int32_t) (sizeof values / sizeof values[0]);
         for (int32_t i = 0; i < std::min(n, cap); i++) out[i] = values[i];
         return n;
@@ -987,19 +1003,44 @@ WL_EXPORT(wl_context_logits) int32_t wl_context_logits(int32_t ctx, int32_t idx,
     return guarded([&] {
         require(cap >= 0 && (out || cap == 0), "invalid output buffer");
         auto c = lookup(reg().contexts, ctx, "context");
-        if (idx >= 0) {
-            if (!std::binary_search(c->output_pos.begin(), c->output_pos.end(), idx)) {
-                throw wl_error(WL_E_ARG, "token " + std::to_string(idx) + " of the last decode has no output");
-            }
-        } else if (-(int64_t) idx > c->n_outputs) {
-            throw wl_error(WL_E_ARG, "output " + std::to_string(idx) + " does not exist: the last decode had " +
-                                         std::to_string(c->n_outputs));
-        }
+        require_output(*c, idx);
         const int32_t n_vocab = llama_vocab_n_tokens(llama_model_get_vocab(c->model));
         const float * l = llama_get_logits_ith(c->ctx, idx);
         if (!l) throw wl_error(WL_E_ARG, "no logits for output " + std::to_string(idx) + " of the last decode");
         if (out) memcpy(out, l, sizeof(float) * (size_t) std::min(cap, n_vocab));
         return n_vocab;
+    });
+}
+
+WL_EXPORT(wl_context_embeddings_seq) int32_t wl_context_embeddings_seq(int32_t ctx, int32_t seq, float * out,
+                                                                     int32_t cap) {
+    return guarded([&] {
+        require(cap >= 0 && (out || cap == 0), "invalid output buffer");
+        auto c = context_seq(ctx, seq);
+        require(c->embeddings, "the context was not created with embeddings");
+        const enum llama_pooling_type pooling = llama_pooling_type(c->ctx);
+        require(pooling != LLAMA_POOLING_TYPE_NONE, "the context does not pool (pooling none): read each token's embedding");
+        const float * e = c->n_outputs > 0 ? llama_get_embeddings_seq(c->ctx, seq) : nullptr;
+        if (!e) throw wl_error(WL_E_ARG, "sequence " + std::to_string(seq) + " had no tokens in the last decode");
+        const int32_t n = pooling == LLAMA_POOLING_TYPE_RANK ? (int32_t) llama_model_n_cls_out(c->model)
+                                                             : llama_model_n_embd_out(c->model);
+        if (out) memcpy(out, e, sizeof(float) * (size_t) std::min(cap, n));
+        return n;
+    });
+}
+
+WL_EXPORT(wl_context_embeddings_token) int32_t wl_context_embeddings_token(int32_t ctx, int32_t idx, float * out,
+                                                                         int32_t cap) {
+    return guarded([&] {
+        require(cap >= 0 && (out || cap == 0), "invalid output buffer");
+        auto c = lookup(reg().contexts, ctx, "context");
+        require(c->embeddings, "the context was not created with embeddings");
+        require_output(*c, idx);
+        const float * e = llama_get_embeddings_ith(c->ctx, idx);
+        if (!e) throw wl_error(WL_E_ARG, "no embedding for output " + std::to_string(idx) + " of the last decode");
+        const int32_t n = llama_model_n_embd_out(c->model);
+        if (out) memcpy(out, e, sizeof(float) * (size_t) std::min(cap, n));
+        return n;
     });
 }
 

@@ -30,7 +30,7 @@ extern "C" {
  * major M and minor >= m, and refuses any other, naming both versions. (2.0 was never released:
  * its structs had reserved space instead of a size; 2.1 is the first layout below.) */
 #define WL_ABI_VERSION 2
-#define WL_ABI_MINOR   1
+#define WL_ABI_MINOR   2
 
 /* Sized structs. Every struct begins with `size` (int32_t, or int64_t in a struct of int64_t
  * fields, so there is no padding): the struct's size as its writer knows it. Structs only grow at
@@ -194,7 +194,8 @@ int32_t wl_vocab_eog_tokens(int32_t model, int32_t * out, int32_t cap);
 int32_t wl_context_new(int32_t model, const wl_context_params * params);
 int32_t wl_context_free(int32_t ctx);
 /* Writes up to cap of: n_ctx, n_batch, n_ubatch, n_seq_max, n_ctx_seq (the cells one sequence
- * may use) into out; returns how many there are (more may follow in later versions). */
+ * may use), embeddings (0/1), pooling_type (llama_pooling_type in effect; since 2.2) into out;
+ * returns how many there are (more may follow in later versions). */
 int32_t wl_context_info(int32_t ctx, int32_t * out, int32_t cap);
 /* Address of an int32 the host may set (from any thread) to abort the running decode; every
  * decode clears it when it returns, so a late abort does not stop the next one. */
@@ -214,6 +215,14 @@ int32_t wl_context_decode(int32_t ctx, const int32_t * tokens, int32_t n, const 
 /* Copies the logits of an output of the last decode into out; returns n_vocab. idx >= 0: the
  * batch position of a token that had an output; idx < 0: counts back from the last output. */
 int32_t wl_context_logits(int32_t ctx, int32_t idx, float * out, int32_t cap);
+
+/* Embeddings of the last decode of a context made with embeddings = 1 (WL_E_ARG otherwise).
+ * _seq: the pooled vector of a sequence that had tokens in it (mean / cls / last pooling: the
+ * model's n_embd_out floats; rank pooling: its n_cls_out scores); WL_E_ARG with pooling none.
+ * _token: the embedding of a token with an output (idx as for wl_context_logits).
+ * Both copy up to cap floats into out and return how many there are. Since 2.2. */
+int32_t wl_context_embeddings_seq(int32_t ctx, int32_t seq, float * out, int32_t cap);
+int32_t wl_context_embeddings_token(int32_t ctx, int32_t idx, float * out, int32_t cap);
 
 /* Generates for n sequences at once, each with its own sampler chain. For i < n: seqs[i]
  * (distinct, < n_seq_max), samplers[i], pending[i] = a token to decode first, at the next

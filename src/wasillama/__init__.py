@@ -7,7 +7,8 @@
 
 import logging
 
-from .context import BatchStream, Context, TextStream
+from .context import Context
+from .embedder import embed
 from .errors import (
     AbortedError,
     BackendError,
@@ -29,6 +30,7 @@ from .model import Model
 from .options import ContextOptions, LoadOptions, Sampling
 from .results import GenerationResult, Timings, TokenLogprob, TopLogprob
 from .shim.abi import ModelInfo
+from .streams import AsyncTextStream, BatchStream, TextStream
 
 __version__ = "0.1.0"
 
@@ -36,10 +38,10 @@ __version__ = "0.1.0"
 logging.getLogger("wasillama").addHandler(logging.NullHandler())
 
 __all__ = [
-    "AbortedError", "BackendError", "BackendUnavailableError", "ChatTemplateError", "ClosedError",
+    "AbortedError", "AsyncTextStream", "BackendError", "BackendUnavailableError", "ChatTemplateError", "ClosedError",
     "BatchStream", "ConcurrentUseError", "Context", "ContextFullError", "ContextOptions", "DecodeError",
     "GenerationResult", "InvalidArgumentError", "LoadOptions", "Model",
     "ModelInfo", "ModelLoadError", "ModelNotFoundError", "ModelTooLargeError", "OutOfMemoryError",
     "Sampling", "TextStream", "Timings", "TokenLogprob", "TopLogprob", "UnsupportedOptionError", "WasillamaError",
-    "__version__",
+    "__version__", "embed",
 ]

@@ -21,13 +21,14 @@ import contextlib
 import os
 import threading
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from .backend import Generated
+from .embedding import embed_texts
 from .errors import (
     AbortedError,
     ClosedError,
@@ -41,6 +42,7 @@ from .options import MAX_TOKENS, Sampling, resolve
 from .results import FinishReason, GenerationResult, Timings, TokenLogprob, TopLogprob
 from .shim import abi
 from .shim.abi import ContextParams, SamplerStep
+from .streams import AsyncTextStream, BatchStream, TextStream
 from .text import TextAssembler
 
 if TYPE_CHECKING:
@@ -72,10 +74,11 @@ class Context:
         self._handle = self._backend.new_context(model._require_handle(), params)
         self._closed = False
         try:
+            self._info = self._backend.context_info(self._handle)
+            self.n_ctx, self.n_batch, self.n_ubatch = self._info.n_ctx, self._info.n_batch, self._info.n_ubatch
             # n_ctx_seq: each sequence has its own share of the cache (llama.cpp's non-unified KV)
-            self.n_ctx, self.n_batch, self.n_ubatch, self.n_seq_max, self.n_ctx_seq = \
-                self._backend.context_info(self._handle)
-            self._cached = [[] for _ in range(self.n_seq_max)]
+            self.n_seq_max, self.n_ctx_seq = self._info.n_seq_max, self._info.n_ctx_seq
+            self._forget_cache()
         except BaseException:
             self.close()
             raise
@@ -130,6 +133,24 @@ class Context:
         finally:
             self._busy.release()
 
+    @property
+    def embeddings(self) -> bool:
+        """Whether this context computes embeddings (embed, embed_batch) instead of logits."""
+        return bool(self._info.embeddings)
+
+    @property
+    def pooling(self) -> str:
+        """How embeddings pool: "none" (per token), "mean", "cls", "last" or "rank"."""
+        return self._info.pooling
+
+    def _forget_cache(self) -> None:
+        self._cached = [[] for _ in range(self.n_seq_max)]
+
+    def _require_logits(self) -> None:
+        if self._info.embeddings:
+            raise UnsupportedOptionError(
+                "this context computes embeddings: generate with a context made without embeddings=True")
+
     # ---- tokens ----------------------------------------------------------------------------------
 
     def tokenize(self, text: str, *, add_special: bool = True, parse_special: bool = False) -> list[int]:
@@ -143,7 +164,7 @@ class Context:
         self._acquire()
         try:
             self._backend.memory_clear(self._handle)
-            self._cached = [[] for _ in range(self.n_seq_max)]
+            self._forget_cache()
         finally:
             self._release()
 
@@ -164,18 +185,43 @@ class Context:
 
     def logits(self) -> np.ndarray[Any, np.dtype[np.float32]]:
         """Logits of the last evaluated token (n_vocab floats)."""
+        self._require_logits()
         self._acquire()
         try:
             return self._backend.logits(self._handle, -1)
         finally:
             self._release()
 
+    # ---- embeddings ------------------------------------------------------------------------------
+
+    def embed(self, text: str | Sequence[int], *, normalize: bool = True, truncate: bool = False,
+              add_special: bool = True, parse_special: bool = False) -> np.ndarray[Any, np.dtype[np.float32]]:
+        """The embedding of `text` (a context made with embeddings=True): n_embd float32, pooled as
+        the model says (or ContextOptions.pooling), L2-normalised unless normalize=False; with
+        pooling "none" a (tokens, n_embd) matrix, a row per token. A text longer than a sequence
+        raises ContextFullError, or is cut to its first tokens with truncate=True."""
+        return embed_texts(self, [text], normalize=normalize, truncate=truncate, add_special=add_special,
+                           parse_special=parse_special)[0]
+
+    def embed_batch(self, texts: Sequence[str | Sequence[int]], *, normalize: bool = True, truncate: bool = False,
+                    add_special: bool = True, parse_special: bool = False) -> np.ndarray[Any, np.dtype[np.float32]]:
+        """embed() for several texts, decoded together: as many per llama_decode as the context
+        has sequences (n_seq_max) and n_batch tokens allow. Returns a (texts, n_embd) array (with
+        pooling "none", an object array of per-text matrices)."""
+        vectors = embed_texts(self, texts, normalize=normalize, truncate=truncate, add_special=add_special,
+                              parse_special=parse_special)
+        if self.pooling != "none":
+            return np.stack(vectors) if vectors else np.zeros((0, self._model.n_embd), dtype=np.float32)
+        ragged = np.empty(len(vectors), dtype=object)
+        ragged[:] = vectors
+        return ragged
+
     # ---- generation ------------------------------------------------------------------------------
 
     def generate(self, prompt: str | Sequence[int], *, sampling: Sampling | None = None,
                  max_tokens: int = MAX_TOKENS, stop: Sequence[str] = (), logprobs: bool = False,
                  top_logprobs: int = 0, add_special: bool = True, parse_special: bool = False,
-                 **sampling_options: Any) -> GenerationResult:
+                 on_text: Callable[[str], bool | None] | None = None, **sampling_options: Any) -> GenerationResult:
         """Complete `prompt` (text, or token ids) with up to max_tokens tokens.
 
         sampling: a Sampling (its defaults when omitted); keyword arguments named like its fields
@@ -183,13 +229,16 @@ class Context:
         stop: strings that end the generation; they are not part of the text, also when the
         model produces one across several tokens.
         logprobs: report each token's log-probability under the model (result.logprobs), with
-        its top_logprobs likeliest alternatives (at most 20; only with logprobs=True)."""
-        job = self._job(0, prompt, sampling=sampling, max_tokens=max_tokens, stop=stop, logprobs=logprobs,
-                        top_logprobs=top_logprobs, add_special=add_special, parse_special=parse_special,
-                        **sampling_options)
-        stream = TextStream(_pieces_of_one(self._run([job], _STEPS_PER_CALL)))
-        for _ in stream:
-            pass
+        its top_logprobs likeliest alternatives (at most 20; only with logprobs=True).
+        on_text: called with each text piece as it is generated; returning False cancels the
+        rest (finish_reason "cancelled")."""
+        options = dict(sampling=sampling, max_tokens=max_tokens, stop=stop, logprobs=logprobs,
+                       top_logprobs=top_logprobs, add_special=add_special, parse_special=parse_special,
+                       **sampling_options)
+        with self._text_stream(prompt, 1 if on_text else _STEPS_PER_CALL, options) as stream:
+            for piece in stream:
+                if on_text is not None and on_text(piece) is False:
+                    stream.cancel()
         assert stream.result is not None
         return stream.result
 
@@ -197,12 +246,45 @@ class Context:
                max_tokens: int = MAX_TOKENS, stop: Sequence[str] = (), logprobs: bool = False,
                top_logprobs: int = 0, add_special: bool = True, parse_special: bool = False,
                **sampling_options: Any) -> TextStream:
-        """Like generate(), as an iterator of text pieces (never a split UTF-8 character).
-        The finished stream's `.result` holds the GenerationResult."""
-        job = self._job(0, prompt, sampling=sampling, max_tokens=max_tokens, stop=stop, logprobs=logprobs,
-                        top_logprobs=top_logprobs, add_special=add_special, parse_special=parse_special,
-                        **sampling_options)
-        return TextStream(_pieces_of_one(self._run([job], 1)))
+        """Like generate(), as an iterator of text pieces (never a split UTF-8 character), one
+        sandbox call per token so that each piece comes as soon as it exists. The finished
+        stream's `.result` holds the GenerationResult; stream.cancel() (from any thread) ends it
+        early with a result, close() or a ``with`` block drops it."""
+        return self._text_stream(prompt, 1, dict(
+            sampling=sampling, max_tokens=max_tokens, stop=stop, logprobs=logprobs, top_logprobs=top_logprobs,
+            add_special=add_special, parse_special=parse_special, **sampling_options))
+
+    def astream(self, prompt: str | Sequence[int], **options: Any) -> AsyncTextStream:
+        """stream() for asyncio: ``async for piece in ctx.astream(prompt, ...)`` with generate()'s
+        keyword arguments. The work runs in a worker thread (the event loop never blocks);
+        cancelling the iterating task stops the generation promptly and frees the Context."""
+        return AsyncTextStream(self._text_stream(prompt, 1, options))
+
+    async def agenerate(self, prompt: str | Sequence[int], **options: Any) -> GenerationResult:
+        """generate() for asyncio (same keyword arguments); cancelling the task cancels the run."""
+        stream = AsyncTextStream(self._text_stream(prompt, _STEPS_PER_CALL, options))
+        async for _ in stream:
+            pass
+        assert stream.result is not None
+        return stream.result
+
+    async def achat(self, messages: Sequence[Message], *, template: str | None = None,
+                    **options: Any) -> GenerationResult:
+        """chat() for asyncio."""
+        prompt = self._model.apply_chat_template(messages, template=template)
+        return await self.agenerate(prompt, parse_special=True, **options)
+
+    def _text_stream(self, prompt: str | Sequence[int], chunk: int, options: Mapping[str, Any]) -> TextStream:
+        job = self._job(0, prompt, **options)
+        cancel = threading.Event()
+        return TextStream(self._run([job], chunk, cancel), self._canceller(cancel))
+
+    def _canceller(self, event: threading.Event) -> Callable[[], None]:
+        def cancel() -> None:
+            event.set()
+            self.abort()  # a decode in progress stops at its next graph node
+
+        return cancel
 
     def generate_batch(self, prompts: Sequence[str | Sequence[int] | Mapping[str, Any]],
                        **options: Any) -> list[GenerationResult]:
@@ -213,9 +295,9 @@ class Context:
         Sampling field such as temperature or seed); `options` apply to every prompt unless
         its mapping says otherwise. Results come in the prompts' order; with the
         same seeds they equal separate generate() calls."""
-        stream = BatchStream(self._run(self._jobs(prompts, options), _STEPS_PER_CALL))
-        for _ in stream:
-            pass
+        with self._batch_stream(prompts, _STEPS_PER_CALL, options) as stream:
+            for _ in stream:
+                pass
         assert stream.results is not None
         return stream.results
 
@@ -223,7 +305,12 @@ class Context:
                      **options: Any) -> BatchStream:
         """Like generate_batch(), as an iterator of (prompt index, text piece); the finished
         stream's `.results` holds the GenerationResults in the prompts' order."""
-        return BatchStream(self._run(self._jobs(prompts, options), 1))
+        return self._batch_stream(prompts, 1, options)
+
+    def _batch_stream(self, prompts: Sequence[str | Sequence[int] | Mapping[str, Any]], chunk: int,
+                      options: Mapping[str, Any]) -> BatchStream:
+        cancel = threading.Event()
+        return BatchStream(self._run(self._jobs(prompts, options), chunk, cancel), self._canceller(cancel))
 
     def chat(self, messages: Sequence[Message], *, template: str | None = None, **kwargs: Any) -> GenerationResult:
         """Answer a conversation, rendered with the model's own chat template (inside the backend)."""
@@ -366,50 +453,72 @@ class Context:
                         if t >= 0)
         return TokenLogprob(token, self._piece_text(token), float(step.logprobs[k][n]), top)
 
-    def _run(self, jobs: list[_Job], chunk: int) -> Iterator[tuple[int, str] | list[GenerationResult]]:
+    def _steps(self, jobs: list[_Job], chunk: int, cancel: threading.Event) -> Iterator[tuple[int, str]]:
+        """Ingest every prompt, then generate until every job has finished (or `cancel`)."""
+        if cancel.is_set():
+            return
+        for job in jobs:
+            job.reused = self._ingest(job.seq, job.tokens, with_last=False)
+            job.pending = job.tokens[-1]
+        t_prompt = time.perf_counter()
+        model = self._model._require_handle()
+        for job in jobs:
+            job.sampler = self._backend.new_sampler(model, job.steps)
+            if job.sampling.penalised:  # the whole prompt is history, the pending last token included
+                self._backend.sampler_accept(job.sampler, np.asarray(job.tokens, dtype=np.int32))
+            if job.max_tokens == 0:
+                job.finish = "length"
+        for job in jobs:
+            job.t_prompt = t_prompt
+        while (active := [j for j in jobs if j.finish is None]) and not cancel.is_set():
+            if self._abort_requested:
+                raise AbortedError("generation aborted")
+            tops = [j.logprobs for j in active if j.logprobs is not None]
+            try:
+                step = self._backend.generate_multi(
+                    self._handle, [j.seq for j in active], [j.sampler for j in active],
+                    [j.pending for j in active], [min(chunk, j.max_tokens - len(j.out)) for j in active],
+                    max(tops) if tops else None)
+            except BaseException:
+                for j in active:  # what the cache holds beyond the known tokens is unknown: drop it
+                    with contextlib.suppress(WasillamaError):
+                        self._backend.memory_seq_rm(self._handle, j.seq, len(self._cached[j.seq]), -1)
+                raise
+            for k, (job, toks, reason) in enumerate(zip(active, step.tokens, step.stops, strict=True)):
+                new_list = toks.tolist()
+                self._sync(job, new_list, reason)
+                for n, tok in enumerate(new_list):  # a stop string may end the text before the step's last token
+                    job.out.append(tok)
+                    if job.logprobs is not None:
+                        job.scores.append(self._token_logprob(step, k, n, tok, job.logprobs))
+                    piece = job.text.push(self._model.token_piece(tok))
+                    if piece:
+                        yield job.index, piece
+                    if job.text.stopped is not None:
+                        job.finish = "stop"
+                        break
+                if job.finish is None and (reason != abi.STOP_LENGTH or len(job.out) >= job.max_tokens):
+                    job.finish = _FINISH[reason]
+
+    def _run(self, jobs: list[_Job], chunk: int,
+             cancel: threading.Event | None = None) -> Iterator[tuple[int, str] | list[GenerationResult]]:
+        """The generation loop under generate / stream / the batch variants. When `cancel` is set
+        (by a stream's cancel(), which also aborts a running decode) the jobs still going finish
+        as "cancelled" with what they have."""
+        self._require_logits()
         self._acquire()
+        cancel = cancel or threading.Event()
         try:
             t0 = time.perf_counter()
-            for job in jobs:
-                job.reused = self._ingest(job.seq, job.tokens, with_last=False)
-                job.pending = job.tokens[-1]
-            t1 = time.perf_counter()
-            model = self._model._require_handle()
-            for job in jobs:
-                job.sampler = self._backend.new_sampler(model, job.steps)
-                if job.sampling.penalised:  # the whole prompt is history, the pending last token included
-                    self._backend.sampler_accept(job.sampler, np.asarray(job.tokens, dtype=np.int32))
-                if job.max_tokens == 0:
-                    job.finish = "length"
-            while active := [j for j in jobs if j.finish is None]:
-                if self._abort_requested:
-                    raise AbortedError("generation aborted")
-                tops = [j.logprobs for j in active if j.logprobs is not None]
-                try:
-                    step = self._backend.generate_multi(
-                        self._handle, [j.seq for j in active], [j.sampler for j in active],
-                        [j.pending for j in active], [min(chunk, j.max_tokens - len(j.out)) for j in active],
-                        max(tops) if tops else None)
-                except BaseException:
-                    for j in active:  # what the cache holds beyond the known tokens is unknown: drop it
-                        with contextlib.suppress(WasillamaError):
-                            self._backend.memory_seq_rm(self._handle, j.seq, len(self._cached[j.seq]), -1)
+            try:
+                yield from self._steps(jobs, chunk, cancel)
+            except AbortedError:
+                if not cancel.is_set():
                     raise
-                for k, (job, toks, reason) in enumerate(zip(active, step.tokens, step.stops, strict=True)):
-                    new_list = toks.tolist()
-                    self._sync(job, new_list, reason)
-                    for n, tok in enumerate(new_list):  # a stop string may end the text before the step's last token
-                        job.out.append(tok)
-                        if job.logprobs is not None:
-                            job.scores.append(self._token_logprob(step, k, n, tok, job.logprobs))
-                        piece = job.text.push(self._model.token_piece(tok))
-                        if piece:
-                            yield job.index, piece
-                        if job.text.stopped is not None:
-                            job.finish = "stop"
-                            break
-                    if job.finish is None and (reason != abi.STOP_LENGTH or len(job.out) >= job.max_tokens):
-                        job.finish = _FINISH[reason]
+            for job in jobs:
+                if job.finish is None:
+                    job.finish = "cancelled"
+            t1 = max(j.t_prompt for j in jobs) or time.perf_counter()
             for job in jobs:
                 tail = job.text.finish()
                 if tail:
@@ -445,6 +554,7 @@ class _Job:
     sampler: int = 0
     pending: int = 0  # the next token to decode: sampled (or the prompt's last), not yet in the cache
     reused: int = 0
+    t_prompt: float = 0.0  # when its prompt was in the cache
     out: list[int] = field(default_factory=list)
     scores: list[TokenLogprob] = field(default_factory=list)
     finish: FinishReason | None = None
@@ -452,74 +562,3 @@ class _Job:
     @property
     def index(self) -> int:
         return self.seq
-
-
-def _pieces_of_one(run: Iterator[tuple[int, str] | list[GenerationResult]]) -> Iterator[str | GenerationResult]:
-    """A one-prompt run as TextStream wants it: pieces, then the result."""
-    try:
-        for item in run:
-            yield item[0] if isinstance(item, list) else item[1]
-    finally:
-        close = getattr(run, "close", None)
-        if close is not None:
-            close()  # the run's cleanup (free the sampler, release the context) happens now
-
-
-class _Closable:
-    """A stream over a generation run: close() (or leaving a ``with`` block) stops it early and
-    runs the run's cleanup (free the samplers, release the context)."""
-
-    _gen: Iterator[Any]
-
-    def close(self) -> None:
-        close = getattr(self._gen, "close", None)
-        if close is not None:
-            close()
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-
-class BatchStream(_Closable, Iterator[tuple[int, str]]):
-    """(prompt index, text piece) as they are generated; `.results` once exhausted."""
-
-    def __init__(self, gen: Iterator[tuple[int, str] | list[GenerationResult]]) -> None:
-        self._gen = gen
-        self.results: list[GenerationResult] | None = None
-
-    def __iter__(self) -> BatchStream:
-        return self
-
-    def __next__(self) -> tuple[int, str]:
-        item = next(self._gen)
-        if isinstance(item, list):
-            self.results = item
-            self.close()
-            raise StopIteration
-        index, piece = item
-        return int(index), str(piece)
-
-    def __enter__(self) -> BatchStream:
-        return self
-
-
-class TextStream(_Closable, Iterator[str]):
-    """Text pieces as they are generated; `.result` once exhausted. close() stops early."""
-
-    def __init__(self, gen: Iterator[str | GenerationResult]) -> None:
-        self._gen = gen
-        self.result: GenerationResult | None = None
-
-    def __iter__(self) -> TextStream:
-        return self
-
-    def __next__(self) -> str:
-        item = next(self._gen)
-        if isinstance(item, GenerationResult):
-            self.result = item
-            self.close()  # runs the generator's cleanup: frees the sampler, releases the context
-            raise StopIteration
-        return str(item)
-
-    def __enter__(self) -> TextStream:
-        return self

@@ -15,11 +15,13 @@ import dataclasses
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, TypeVar
+from typing import Any, Literal, TypeVar
 
 from .errors import InvalidArgumentError
 
 T = TypeVar("T")
+
+Pooling = Literal["none", "mean", "cls", "last", "rank"]
 
 MAX_TOKENS = 256  # tokens generate() produces at most unless told otherwise
 
@@ -55,8 +57,12 @@ class ContextOptions:
     type_v: int = -1
     offload_kqv: bool = True  # native GPU builds
     kv_unified: bool = False  # one buffer for all sequences (a token may belong to several)
+    embeddings: bool = False  # compute embeddings (Context.embed) instead of logits
+    pooling: Pooling | None = None  # how embeddings pool; None = as the model says
 
     def __post_init__(self) -> None:
+        if self.pooling is not None and self.pooling not in ("none", "mean", "cls", "last", "rank"):
+            raise InvalidArgumentError(f"unknown pooling {self.pooling!r}: use none, mean, cls, last or rank")
         if self.n_ctx < 0 or self.n_batch <= 0 or self.n_ubatch <= 0:
             raise InvalidArgumentError("n_ctx must be >= 0, n_batch and n_ubatch > 0")
         if not 1 <= self.n_seq_max <= 256:

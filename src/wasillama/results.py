@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal
 
-FinishReason = Literal["eos", "stop", "length", "context_full"]
+FinishReason = Literal["eos", "stop", "length", "context_full", "cancelled"]
 
 
 @dataclass(frozen=True)

@@ -12,12 +12,13 @@ import math
 import struct
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import ClassVar
 
 from .. import errors
 from ..options import ContextOptions, LoadOptions, Sampling
 
 ABI_VERSION = 2  # the major version: must match
-ABI_MINOR = 1    # additions: the module's minor version must be at least this
+ABI_MINOR = 2    # additions: the module's minor version must be at least this
 
 
 def split_version(raw: int) -> tuple[int, int]:
@@ -55,6 +56,8 @@ FUNCTIONS: dict[str, tuple[str, ...]] = {
     "wl_context_abort_flag": ("i32", "ptr"),
     "wl_context_decode": ("i32", "ptr", "i32", "ptr", "ptr", "ptr", "ptr"),
     "wl_context_logits": ("i32", "i32", "ptr", "i32"),
+    "wl_context_embeddings_seq": ("i32", "i32", "ptr", "i32"),
+    "wl_context_embeddings_token": ("i32", "i32", "ptr", "i32"),
     "wl_context_generate": ("i32", "i32", "ptr", "ptr", "ptr", "ptr", "i32", "ptr", "ptr", "ptr", "ptr", "i32",
                             "ptr", "ptr"),
     "wl_memory_clear": ("i32",),
@@ -196,9 +199,11 @@ class ContextParams:
 
     @classmethod
     def of(cls, o: ContextOptions) -> ContextParams:
-        return cls(o.n_ctx, o.n_batch, min(o.n_ubatch, o.n_batch), o.n_seq_max, o.n_threads, o.n_threads_batch,
-                   False, -1 if o.flash_attn is None else int(o.flash_attn), o.type_k, o.type_v, o.offload_kqv,
-                   -1, o.kv_unified)
+        # embeddings: a non-causal model must see a whole sequence in one ubatch
+        n_ubatch = o.n_batch if o.embeddings else min(o.n_ubatch, o.n_batch)
+        return cls(o.n_ctx, o.n_batch, n_ubatch, o.n_seq_max, o.n_threads, o.n_threads_batch, o.embeddings,
+                   -1 if o.flash_attn is None else int(o.flash_attn), o.type_k, o.type_v, o.offload_kqv,
+                   -1 if o.pooling is None else POOLING[o.pooling], o.kv_unified)
 
     def pack(self) -> bytes:
         return CONTEXT_PARAMS.pack(
@@ -267,6 +272,28 @@ def sampler_chain(s: Sampling, seed: int, eog_tokens: Sequence[int] = ()) -> lis
     out.append(SamplerStep(SAMPLER_TEMP, (s.temperature,)))
     out.append(SamplerStep(SAMPLER_DIST, (), (_i32_seed(seed),)))
     return out
+
+
+POOLING: dict[str, int] = {"none": 0, "mean": 1, "cls": 2, "last": 3, "rank": 4}  # llama_pooling_type
+
+
+@dataclass(frozen=True)
+class ContextInfo:
+    """What wl_context_info reports, in its order."""
+
+    n_ctx: int
+    n_batch: int
+    n_ubatch: int
+    n_seq_max: int
+    n_ctx_seq: int  # the cells one sequence may use
+    embeddings: int  # 0/1
+    pooling_type: int  # llama_pooling_type in effect
+
+    COUNT: ClassVar[int] = 7
+
+    @property
+    def pooling(self) -> str:
+        return {v: k for k, v in POOLING.items()}.get(self.pooling_type, str(self.pooling_type))
 
 
 @dataclass(frozen=True)

@@ -35,7 +35,7 @@ from ..errors import (
     UnsupportedOptionError,
 )
 from . import abi
-from .abi import ContextParams, ModelInfo, ModelParams, SamplerStep
+from .abi import ContextInfo, ContextParams, ModelInfo, ModelParams, SamplerStep
 from .transport import Transport
 
 T = TypeVar("T")
@@ -335,13 +335,12 @@ class ShimBackend:
             self._abort_flags.pop(ctx, None)  # set_abort can no longer touch its flag
         self._locked(lambda: self._check("wl_context_free", i32(ctx, "context")))
 
-    def context_info(self, ctx: int) -> tuple[int, int, int, int, int]:
-        """n_ctx, n_batch, n_ubatch, n_seq_max, n_ctx_seq."""
-        def run() -> tuple[int, int, int, int, int]:
-            with self._scratch(20) as p:
-                self._check("wl_context_info", i32(ctx, "context"), p, 5)
-                a, b, c, d, e = struct.unpack("<5i", self._t.read(p, 20))
-                return a, b, c, d, e
+    def context_info(self, ctx: int) -> ContextInfo:
+        def run() -> ContextInfo:
+            n = ContextInfo.COUNT
+            with self._scratch(4 * n) as p:
+                self._check("wl_context_info", i32(ctx, "context"), p, n)  # this minor version has them all
+                return ContextInfo(*struct.unpack(f"<{n}i", self._t.read(p, 4 * n)))
 
         return self._locked(run)
 
@@ -395,6 +394,21 @@ class ShimBackend:
                 return np.frombuffer(self._t.read(out, 4 * n_vocab), dtype=np.float32).copy()
 
         return self._locked(run)
+
+    def _floats(self, name: str, ctx: int, which: int, what: str) -> npt.NDArray[np.float32]:
+        def run() -> npt.NDArray[np.float32]:
+            n = self._check(name, i32(ctx, "context"), i32(which, what), 0, 0)  # size query
+            with self._scratch(4 * n) as out:
+                self._check(name, ctx, which, out, n)
+                return np.frombuffer(self._t.read(out, 4 * n), dtype=np.float32).copy()
+
+        return self._locked(run)
+
+    def embeddings_seq(self, ctx: int, seq: int) -> npt.NDArray[np.float32]:
+        return self._floats("wl_context_embeddings_seq", ctx, seq, "seq")
+
+    def embeddings_token(self, ctx: int, idx: int) -> npt.NDArray[np.float32]:
+        return self._floats("wl_context_embeddings_token", ctx, idx, "idx")
 
     def memory_clear(self, ctx: int) -> None:
         self._locked(lambda: self._check("wl_memory_clear", i32(ctx, "context")))

@@ -1,0 +1,1 @@
+"""Model files shipped inside the package (see NOTICE.md here for their provenance and licences)."""
