@@ -6,6 +6,7 @@
 #include "wasillama.h"
 
 #include "ggml-backend.h"
+#include "json-schema-to-grammar.h"
 #include "llama.h"
 
 #include <algorithm>
@@ -103,8 +104,16 @@ struct Sampler {
     // llama.cpp asserts (ending the process) when a chain selects no token: the last sampler
     // must be greedy, dist or mirostat.
     bool ends_with_selector = false;
-    std::vector<char> is_grammar;  // per sampler of the chain: history (wl_sampler_accept) skips grammars
-    ~Sampler() { if (chain) llama_sampler_free(chain); }
+    // A grammar is kept out of the chain and checked lazily (as llama.cpp's common sampler does):
+    // the chain samples, and only when the grammar rejects that token does it sample again from
+    // the tokens the grammar allows. Checking every token of the vocabulary each step costs more
+    // than the model on small models. It also sees no history (wl_sampler_accept).
+    llama_sampler * grammar = nullptr;
+    std::vector<llama_token_data> candidates;  // scratch for sampling with a grammar
+    ~Sampler() {
+        if (chain) llama_sampler_free(chain);
+        if (grammar) llama_sampler_free(grammar);
+    }
 };
 
 // One table for all objects. Natively the host may call from several threads (models are
@@ -422,6 +431,37 @@ void require_output(const Context & c, int32_t idx) {
         throw wl_error(WL_E_ARG, "output " + std::to_string(idx) + " does not exist: the last decode had " +
                                      std::to_string(c.n_outputs));
     }
+}
+
+// Samples (and accepts) a token from output idx; with a grammar, lazily (see Sampler::grammar).
+llama_token sample_token(Sampler & s, llama_context * ctx, int32_t idx) {
+    if (!s.grammar) return llama_sampler_sample(s.chain, ctx, idx);
+    const float * logits = llama_get_logits_ith(ctx, idx);
+    const int32_t n_vocab = llama_vocab_n_tokens(s.model->vocab());
+    auto & cur = s.candidates;
+    cur.resize((size_t) n_vocab);
+    auto candidates = [&] {
+        for (llama_token t = 0; t < n_vocab; t++) cur[(size_t) t] = {t, logits[t], 0.0f};
+        return llama_token_data_array{cur.data(), cur.size(), -1, false};
+    };
+    llama_token_data_array all = candidates();
+    llama_sampler_apply(s.chain, &all);
+    llama_token id = all.data[all.selected].id;
+    llama_token_data one = {id, 1.0f, 0.0f};
+    llama_token_data_array single = {&one, 1, -1, false};
+    llama_sampler_apply(s.grammar, &single);
+    if (single.data[0].logit == -INFINITY) {  // rejected: sample again among what the grammar allows
+        all = candidates();
+        llama_sampler_apply(s.grammar, &all);
+        llama_sampler_apply(s.chain, &all);
+        if (all.selected < 0 || all.data[all.selected].logit == -INFINITY) {
+            throw wl_error(WL_E_ARG, "no token the grammar allows is left (a logit bias or ignore_eos excludes them all)");
+        }
+        id = all.data[all.selected].id;
+    }
+    llama_sampler_accept(s.grammar, id);
+    llama_sampler_accept(s.chain, id);
+    return id;
 }
 
 void check_can_sample(const Sampler & s, const Context & c) {
@@ -799,6 +839,46 @@ WL_EXPORT(wl_vocab_is_eog) int32_t wl_vocab_is_eog(int32_t model, int32_t token)
     return guarded([&] {
         auto m = lookup(reg().models, model, "model");
         return (int32_t) llama_vocab_is_eog(m->vocab(), token);
+    });
+}
+
+WL_EXPORT(wl_json_schema_to_grammar) int32_t wl_json_schema_to_grammar(const char * schema, int32_t len, char * buf,
+                                                                     int32_t cap) {
+    return guarded([&] {
+        require(schema != nullptr && len >= 0 && cap >= 0 && (buf || cap == 0), "invalid arguments");
+        const std::string text(schema, (size_t) len);
+        // The parser and the converter recurse per nesting level: refuse depths that would run
+        // the stack out (a trap in wasm, the end of the process natively) before either runs.
+        int32_t depth = 0, deepest = 0;
+        bool in_string = false;
+        for (size_t i = 0; i < text.size(); i++) {
+            const char ch = text[i];
+            if (in_string) {
+                if (ch == '\\') i++;
+                else if (ch == '"') in_string = false;
+            } else if (ch == '"') {
+                in_string = true;
+            } else if (ch == '{' || ch == '[') {
+                deepest = std::max(deepest, ++depth);
+            } else if (ch == '}' || ch == ']') {
+                depth--;
+            }
+        }
+        if (deepest > WL_JSON_SCHEMA_MAX_DEPTH) {
+            throw wl_error(WL_E_ARG, "the JSON schema nests " + std::to_string(deepest) + " levels deep; at most " +
+                                         std::to_string(WL_JSON_SCHEMA_MAX_DEPTH) + " are accepted");
+        }
+        common_json parsed;
+        try {
+            parsed = common_json::parse(text);
+        } catch (const std::exception & e) {
+            throw wl_error(WL_E_ARG, std::string("the JSON schema is not valid JSON: ") + e.what());
+        }
+        try {
+            return copy_out(json_schema_to_grammar(parsed, /* force_gbnf */ true), buf, cap);
+        } catch (const std::exception & e) {
+            throw wl_error(WL_E_ARG, e.what());
+        }
     });
 }
 
@@ -1190,6 +1270,7 @@ WL_EXPORT(wl_sampler_chain_add) int32_t wl_sampler_chain_add(int32_t sampler, in
             }
             case WL_SAMPLER_GRAMMAR: {
                 need(0, 0);  // text: the GBNF grammar, NUL, the root rule
+                require(s->grammar == nullptr, "a sampler chain takes one grammar");
                 const size_t nul = str.find('\0');
                 const std::string grammar = str.substr(0, nul);
                 const std::string root = nul == std::string::npos ? "root" : str.substr(nul + 1);
@@ -1204,11 +1285,14 @@ WL_EXPORT(wl_sampler_chain_add) int32_t wl_sampler_chain_add(int32_t sampler, in
             default: throw wl_error(WL_E_ARG, "unknown sampler type " + std::to_string(type));
         }
         if (!x) throw wl_error(WL_E_INTERNAL, "llama.cpp could not make sampler type " + std::to_string(type));
-        llama_sampler_chain_add(s->chain, x);
-        s->is_grammar.push_back(type == WL_SAMPLER_GRAMMAR);
-        s->ends_with_selector = type == WL_SAMPLER_GREEDY || type == WL_SAMPLER_DIST || type == WL_SAMPLER_MIROSTAT ||
-                                type == WL_SAMPLER_MIROSTAT_V2;
-        return llama_sampler_chain_n(s->chain);
+        if (type == WL_SAMPLER_GRAMMAR) {
+            s->grammar = x;
+        } else {
+            llama_sampler_chain_add(s->chain, x);
+            s->ends_with_selector = type == WL_SAMPLER_GREEDY || type == WL_SAMPLER_DIST ||
+                                    type == WL_SAMPLER_MIROSTAT || type == WL_SAMPLER_MIROSTAT_V2;
+        }
+        return llama_sampler_chain_n(s->chain) + (s->grammar ? 1 : 0);
     });
 }
 
@@ -1216,14 +1300,9 @@ WL_EXPORT(wl_sampler_sample) int32_t wl_sampler_sample(int32_t sampler, int32_t 
     return guarded([&] {
         auto s = lookup(reg().samplers, sampler, "sampler");
         auto c = lookup(reg().contexts, ctx, "context");
-        if (idx >= 0) {
-            require(std::binary_search(c->output_pos.begin(), c->output_pos.end(), idx),
-                    "that token of the last decode has no output");
-        } else {
-            require(-(int64_t) idx <= c->n_outputs, "no such output in the last decode");
-        }
+        require_output(*c, idx);
         check_can_sample(*s, *c);
-        return (int32_t) llama_sampler_sample(s->chain, c->ctx, idx);
+        return (int32_t) sample_token(*s, c->ctx, idx);
     });
 }
 
@@ -1231,7 +1310,9 @@ WL_EXPORT(wl_sampler_free) int32_t wl_sampler_free(int32_t sampler) { return era
 
 WL_EXPORT(wl_sampler_reset) int32_t wl_sampler_reset(int32_t sampler) {
     return guarded([&] {
-        llama_sampler_reset(lookup(reg().samplers, sampler, "sampler")->chain);
+        auto s = lookup(reg().samplers, sampler, "sampler");
+        llama_sampler_reset(s->chain);
+        if (s->grammar) llama_sampler_reset(s->grammar);
         return 0;
     });
 }
@@ -1244,11 +1325,7 @@ WL_EXPORT(wl_sampler_accept) int32_t wl_sampler_accept(int32_t sampler, const in
         const int32_t n_vocab = llama_vocab_n_tokens(vocab);
         for (int32_t i = 0; i < n; i++) require(tokens[i] >= 0 && tokens[i] < n_vocab, "token id out of range");
         // History is for penalties and DRY; a grammar only advances with the tokens it constrains.
-        for (int32_t k = 0; k < llama_sampler_chain_n(s->chain); k++) {
-            if (s->is_grammar[(size_t) k]) continue;
-            llama_sampler * x = llama_sampler_chain_get(s->chain, k);
-            for (int32_t i = 0; i < n; i++) llama_sampler_accept(x, tokens[i]);
-        }
+        for (int32_t i = 0; i < n; i++) llama_sampler_accept(s->chain, tokens[i]);
         return 0;
     });
 }
@@ -1318,7 +1395,7 @@ WL_EXPORT(wl_context_generate) int32_t wl_context_generate(int32_t ctx, int32_t 
             active.clear();
             for (int32_t k = 0; k < m; k++) {
                 const int32_t i = batched[(size_t) k];
-                const llama_token t = llama_sampler_sample(chains[(size_t) i]->chain, c->ctx, k);
+                const llama_token t = sample_token(*chains[(size_t) i], c->ctx, k);
                 if (llama_vocab_is_eog(vocab, t)) {
                     stop[i] = WL_STOP_EOG;
                     continue;

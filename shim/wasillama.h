@@ -179,6 +179,14 @@ int32_t wl_model_chat_template(int32_t model, const char * name, char * buf, int
 int32_t wl_model_chat_apply(int32_t model, const char * tmpl, const char * packed, int32_t packed_len,
                             int32_t n_msg, int32_t add_assistant, char * buf, int32_t cap);
 
+/* ---- structured output ----------------------------------------------------------------------
+ * A JSON schema (UTF-8 JSON text) as a GBNF grammar whose root rule matches exactly the JSON
+ * documents the schema accepts (llama.cpp's converter, common/json-schema-to-grammar.cpp);
+ * returns the grammar's length. Invalid JSON, an unsupported schema, or nesting deeper than
+ * WL_JSON_SCHEMA_MAX_DEPTH is WL_E_ARG with the converter's message. Since 2.2. */
+#define WL_JSON_SCHEMA_MAX_DEPTH 64
+int32_t wl_json_schema_to_grammar(const char * schema, int32_t len, char * buf, int32_t cap);
+
 /* ---- vocabulary (of a model; thread-safe) --------------------------------------------------- */
 int32_t wl_vocab_tokenize(int32_t model, const char * text, int32_t len, int32_t flags,
                           int32_t * out, int32_t cap);
@@ -262,7 +270,10 @@ int32_t wl_memory_seq_pos_range(int32_t ctx, int32_t seq, int32_t * out);
 
 /* ---- sampler chains (each holds a reference to its model) ---------------------------------- */
 /* An empty chain; add samplers in the order they should run. Sampling needs the last one to pick
- * a token (greedy, dist, mirostat, mirostat_v2) and a context of the same model (WL_E_ARG). */
+ * a token (greedy, dist, mirostat, mirostat_v2) and a context of the same model (WL_E_ARG).
+ * A grammar (at most one, wherever it is added) constrains the chain lazily, as llama.cpp's
+ * common sampler does: the chain samples, and only a token the grammar rejects makes it sample
+ * again from the tokens the grammar allows (greedy: the same token as filtering first). */
 int32_t wl_sampler_chain_new(int32_t model);
 /* Appends a sampler of `type` (WL_SAMPLER_*) with its parameters (see the types' comments);
  * returns the chain's length. A grammar that does not parse is WL_E_ARG. */
@@ -271,7 +282,7 @@ int32_t wl_sampler_chain_add(int32_t sampler, int32_t type, const float * f, int
 int32_t wl_sampler_free(int32_t sampler);
 int32_t wl_sampler_reset(int32_t sampler);
 /* Feed tokens the chain should remember (e.g. the prompt, for repetition penalties and DRY);
- * grammar samplers skip them: a grammar only advances with the tokens the chain samples. */
+ * a grammar skips them: it only advances with the tokens the chain samples. */
 int32_t wl_sampler_accept(int32_t sampler, const int32_t * tokens, int32_t n);
 /* Samples a token from an output of ctx's last decode (idx as for wl_context_logits) and
  * accepts it; returns the token. */

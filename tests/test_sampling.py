@@ -216,3 +216,11 @@ def test_a_stop_string_across_tokens_costs_no_call_per_token(ctx: wasillama.Cont
     assert result.text == full.text[: len("".join(pieces[:k])) - 2]
     assert result.tokens == full.tokens[: k + 1]  # up to the token that completed the stop string
     assert len(calls) <= (k + 1) // 16 + 1, calls
+
+
+def test_a_grammar_with_nothing_left_to_allow(ctx: wasillama.Context) -> None:
+    """A finished grammar allows only an end token; ignore_eos bans those. llama.cpp would abort
+    on the empty choice (the end of the process natively): it is a clear error instead."""
+    with pytest.raises(InvalidArgumentError, match="no token the grammar allows is left"):
+        ctx.generate(PROMPT, max_tokens=8, temperature=0, grammar='root ::= "yes"', ignore_eos=True)
+    assert len(ctx.generate(PROMPT, max_tokens=3, temperature=0).tokens) == 3

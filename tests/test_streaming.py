@@ -164,3 +164,20 @@ def test_cancel_while_the_prompt_is_evaluated(model: wasillama.Model, monkeypatc
         with model.new_context(n_ctx=4096, n_batch=32) as fresh:
             assert ctx.generate(prompt[:200], max_tokens=4, temperature=0).tokens == \
                 fresh.generate(prompt[:200], max_tokens=4, temperature=0).tokens
+
+
+def test_a_late_cancel_does_not_touch_the_next_call(ctx: wasillama.Context) -> None:
+    done = ctx.stream(PROMPT, max_tokens=4, temperature=0)
+    assert len(list(done)) > 0
+    results: list[wasillama.GenerationResult] = []
+
+    def later() -> None:
+        for _ in range(50):
+            done.cancel()  # the finished stream's cancel, while another run goes on
+            time.sleep(0.002)
+
+    other = threading.Thread(target=later)
+    other.start()
+    results.append(ctx.generate(PROMPT, max_tokens=200, temperature=0, ignore_eos=True))
+    other.join()
+    assert results[0].finish_reason == "length" and len(results[0].tokens) == 200

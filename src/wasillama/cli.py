@@ -66,6 +66,7 @@ _SAMPLING_FLAGS: dict[str, tuple[tuple[str, ...], str]] = {
     "mirostat_eta": (("--mirostat-lr",), "Mirostat learning rate."),
     "seed": (("-s", "--seed"), "RNG seed (default: random)."),
     "grammar": (("--grammar",), "GBNF grammar the output must follow."),
+    "json_schema": (("--json-schema",), "JSON schema (JSON text) the output must follow."),
     "ignore_eos": (("--ignore-eos",), "Keep generating past end-of-generation tokens."),
 }
 _SAMPLING_DEFAULTS = Sampling()
@@ -84,7 +85,7 @@ def sampling_options(f: Callable[..., Any]) -> Callable[..., Any]:
         if isinstance(default, bool):
             opts.append(click.option(*flags, name, is_flag=True, default=default, help=help_text))
         else:
-            kind = {"seed": int, "grammar": str}.get(name, type(default))  # those two default to None
+            kind = {"seed": int, "grammar": str, "json_schema": str}.get(name, type(default))  # None by default
             opts.append(click.option(*flags, name, type=kind, default=default, show_default=default is not None,
                                      help=help_text))
     for opt in reversed(opts):

@@ -18,6 +18,7 @@ another Context of the same Model gets its turn between chunks (it waits for at 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import os
 import threading
 import time
@@ -70,6 +71,8 @@ class Context:
         self._cached: list[list[int]] = []  # per sequence: the tokens the KV cache holds
         self._busy = threading.Lock()
         self._abort_requested = False
+        self._cancel_lock = threading.Lock()
+        self._running: threading.Event | None = None  # the cancel event of the run in progress
         self._closed = True  # until the handle below exists
         self._handle = self._backend.new_context(model._require_handle(), params)
         self._closed = False
@@ -282,7 +285,9 @@ class Context:
     def _canceller(self, event: threading.Event) -> Callable[[], None]:
         def cancel() -> None:
             event.set()
-            self.abort()  # a decode in progress stops at its next graph node
+            with self._cancel_lock:  # only while its own run goes on: never the next call's decode
+                if self._running is event:
+                    self.abort()  # a decode in progress stops at its next graph node
 
         return cancel
 
@@ -358,6 +363,9 @@ class Context:
             tokens = [int(t) for t in prompt]
         if not tokens:
             raise InvalidArgumentError("the prompt is empty (no tokens)")
+        if isinstance(chosen.json_schema, str):  # converted inside the backend (the sandbox, on wasm)
+            chosen = dataclasses.replace(chosen, grammar=self._model.schema_grammar(chosen.json_schema),
+                                         json_schema=None)
         seed = int.from_bytes(os.urandom(4), "little") if chosen.seed is None else chosen.seed
         steps = abi.sampler_chain(chosen, seed, self._model.eog_tokens if chosen.ignore_eos else ())
         return _Job(seq, tokens, chosen, steps, max_tokens, stops, TextAssembler(stops),
@@ -508,6 +516,8 @@ class Context:
         self._require_logits()
         self._acquire()
         cancel = cancel or threading.Event()
+        with self._cancel_lock:
+            self._running = cancel
         try:
             t0 = time.perf_counter()
             try:
@@ -530,6 +540,8 @@ class Context:
                 logprobs=j.scores if j.logprobs is not None else None,
                 timings=Timings(len(j.tokens) - j.reused, t1 - t0, len(j.out), t2 - t1)) for j in jobs]
         finally:
+            with self._cancel_lock:
+                self._running = None
             try:
                 for job in jobs:
                     if job.sampler:

@@ -51,6 +51,7 @@ class Model:
         self._lock = threading.Lock()
         self._contexts: weakref.WeakSet[Context] = weakref.WeakSet()
         self._pieces: dict[int, bytes] = {}
+        self._grammars: dict[str, str] = {}
         self.info: ModelInfo = backend.model_info(handle)
 
     @classmethod
@@ -212,6 +213,16 @@ class Model:
         """Text for token ids. Invalid UTF-8 (a cut multi-byte character) becomes U+FFFD."""
         raw = self._backend.detokenize(self._require_handle(), list(tokens), keep_special, render_special)
         return raw.decode("utf-8", "replace")
+
+    def schema_grammar(self, schema: str) -> str:
+        """The GBNF grammar of a JSON schema (llama.cpp's converter, run by the backend: inside
+        the sandbox on wasm). Cached per schema text."""
+        grammar = self._grammars.get(schema)
+        if grammar is None:
+            grammar = self._backend.json_schema_to_grammar(schema)
+            with self._lock:
+                self._grammars[schema] = grammar
+        return grammar
 
     @cached_property
     def eog_tokens(self) -> tuple[int, ...]:

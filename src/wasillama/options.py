@@ -12,6 +12,7 @@ Keyword arguments still work everywhere; they override the group's fields::
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -100,12 +101,17 @@ class Sampling:
     logit_bias: Mapping[int, float] = field(default_factory=dict)  # token id -> added to its logit
     seed: int | None = None  # None = a random seed per call; the same seed gives the same text
     grammar: str | None = None  # GBNF; the output follows its "root" rule
+    json_schema: str | Mapping[str, Any] | None = None  # the output is a JSON document this schema accepts
     ignore_eos: bool = False  # never end on an end-of-generation token
 
     def __post_init__(self) -> None:
         bias = {int(k): float(v) for k, v in dict(self.logit_bias).items()}
         object.__setattr__(self, "logit_bias", _FrozenMap(bias))
         object.__setattr__(self, "dry_sequence_breakers", tuple(self.dry_sequence_breakers))
+        if self.json_schema is not None and not isinstance(self.json_schema, str):
+            object.__setattr__(self, "json_schema", json.dumps(self.json_schema, sort_keys=True))
+        if self.json_schema is not None and self.grammar is not None:
+            raise InvalidArgumentError("give a grammar or a json_schema, not both")
         checks = [
             (self.top_k >= 0, "top_k must be >= 0"),
             (0.0 <= self.top_p <= 1.0, "top_p must be in [0, 1]"),

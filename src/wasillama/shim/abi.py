@@ -45,6 +45,7 @@ FUNCTIONS: dict[str, tuple[str, ...]] = {
     "wl_model_desc": ("i32", "ptr", "i32"),
     "wl_model_chat_template": ("i32", "ptr", "ptr", "i32"),
     "wl_model_chat_apply": ("i32", "ptr", "ptr", "i32", "i32", "i32", "ptr", "i32"),
+    "wl_json_schema_to_grammar": ("ptr", "i32", "ptr", "i32"),
     "wl_vocab_tokenize": ("i32", "ptr", "i32", "i32", "ptr", "i32"),
     "wl_vocab_detokenize": ("i32", "ptr", "i32", "i32", "ptr", "i32"),
     "wl_vocab_piece": ("i32", "i32", "i32", "ptr", "i32"),
@@ -112,6 +113,7 @@ STOP_EOG = 1
 STOP_CTX_FULL = 2
 
 TOP_LOGPROBS_MAX = 20
+JSON_SCHEMA_MAX_DEPTH = 64
 
 TOK_ADD_SPECIAL = 1
 TOK_PARSE_SPECIAL = 2

@@ -278,6 +278,15 @@ class ShimBackend:
         return self._locked(lambda: self._fill("wl_vocab_piece", i32(model, "model"), i32(token, "token"),
                                                flags, cap=64))
 
+    def json_schema_to_grammar(self, schema: str) -> str:
+        raw = schema.encode("utf-8", "surrogatepass")
+
+        def run() -> bytes:
+            with self._put(raw) as sp:
+                return self._fill("wl_json_schema_to_grammar", sp, len(raw), cap=4 * len(raw) + 1024)
+
+        return self._locked(run).decode("utf-8", "replace")
+
     def eog_tokens(self, model: int) -> TokenArray:
         raw = self._locked(lambda: self._fill("wl_vocab_eog_tokens", i32(model, "model"), cap=16, itemsize=4))
         return np.frombuffer(raw, dtype=np.int32).copy()
