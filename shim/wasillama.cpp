@@ -1124,6 +1124,36 @@ WL_EXPORT(wl_context_embeddings_token) int32_t wl_context_embeddings_token(int32
     });
 }
 
+WL_EXPORT(wl_state_seq_get) int32_t wl_state_seq_get(int32_t ctx, int32_t seq, uint8_t * buf, int32_t cap) {
+    return guarded([&] {
+        require(cap >= 0 && (buf || cap == 0), "invalid output buffer");
+        auto c = context_seq(ctx, seq);
+        const size_t n = llama_state_seq_get_size(c->ctx, seq);
+        if (n > (size_t) INT32_MAX) throw wl_error(WL_E_UNSUPPORTED, "the sequence's state is over 2 GiB");
+        if (buf && (size_t) cap >= n) {
+            if (llama_state_seq_get_data(c->ctx, buf, n, seq) != n) {
+                throw wl_error(WL_E_INTERNAL, "llama.cpp wrote a state of another size than it announced");
+            }
+        }
+        return (int32_t) n;
+    });
+}
+
+WL_EXPORT(wl_state_seq_set) int32_t wl_state_seq_set(int32_t ctx, int32_t seq, const uint8_t * buf, int32_t len) {
+    return guarded([&] {
+        require(len > 0 && buf != nullptr, "the state is empty");
+        auto c = context_seq(ctx, seq);
+        t_last_log_error.clear();
+        c->forget_outputs();
+        if (llama_state_seq_set_data(c->ctx, buf, (size_t) len, seq) == 0) {
+            // llama.cpp has cleared the sequence; say why when it logged a reason
+            throw wl_error(WL_E_ARG, "the state does not fit this context" +
+                                         (t_last_log_error.empty() ? std::string() : ": " + t_last_log_error));
+        }
+        return 0;
+    });
+}
+
 WL_EXPORT(wl_memory_clear) int32_t wl_memory_clear(int32_t ctx) {
     return guarded([&] {
         auto c = lookup(reg().contexts, ctx, "context");

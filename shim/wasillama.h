@@ -268,6 +268,13 @@ int32_t wl_memory_seq_add(int32_t ctx, int32_t seq, int32_t p0, int32_t p1, int3
  * empty); positions travel in out, so no position can be mistaken for a status. */
 int32_t wl_memory_seq_pos_range(int32_t ctx, int32_t seq, int32_t * out);
 
+/* ---- state (what a sequence's KV cache holds, as bytes) ------------------------------------
+ * _get copies sequence seq's state (llama_state_seq_get_data) into buf when cap is large enough
+ * and returns its size either way. _set makes seq hold a state _get produced; one from another
+ * model or context shape, or damaged, is WL_E_ARG (and seq is then empty). Since 2.2. */
+int32_t wl_state_seq_get(int32_t ctx, int32_t seq, uint8_t * buf, int32_t cap);
+int32_t wl_state_seq_set(int32_t ctx, int32_t seq, const uint8_t * buf, int32_t len);
+
 /* ---- sampler chains (each holds a reference to its model) ---------------------------------- */
 /* An empty chain; add samplers in the order they should run. Sampling needs the last one to pick
  * a token (greedy, dist, mirostat, mirostat_v2) and a context of the same model (WL_E_ARG).

@@ -329,3 +329,30 @@ def layout_tensor_head(layout: GGUFLayout, tensor_name: str) -> bytes:
         if name == tensor_name:
             return head
     raise KeyError(tensor_name)
+
+
+def truncate_layers(src: str | Path, dst: str | Path, n_layer: int) -> Path:
+    """A copy of a GGUF decoder with only its first n_layer blocks (a draft model for speculative
+    decoding that shares the vocabulary and the embeddings): every other tensor and field as is,
+    <arch>.block_count set to n_layer."""
+    g = _require_gguf()
+    reader = g.GGUFReader(str(src))
+    arch = reader.fields["general.architecture"].contents()
+    writer = g.GGUFWriter(str(dst), arch)
+    for name, field in reader.fields.items():
+        if name.startswith("GGUF.") or name == "general.architecture":
+            continue
+        value = n_layer if name == f"{arch}.block_count" else field.contents()
+        vtype = field.types[0]
+        writer.add_key_value(name, value, vtype, sub_type=field.types[-1] if vtype == g.GGUFValueType.ARRAY else None)
+    for t in reader.tensors:
+        if t.name.startswith("blk.") and int(t.name.split(".")[1]) >= n_layer:
+            continue
+        # as read: quantized data comes as rows of bytes, which add_tensor turns back into a shape
+        writer.add_tensor(t.name, np.asarray(t.data), raw_dtype=t.tensor_type)
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    return Path(dst)
+

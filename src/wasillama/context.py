@@ -24,10 +24,12 @@ import threading
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from . import speculative, state
 from .backend import Generated
 from .embedding import embed_texts
 from .errors import (
@@ -195,6 +197,51 @@ class Context:
         finally:
             self._release()
 
+    # ---- state -----------------------------------------------------------------------------------
+
+    def save_state(self) -> bytes:
+        """What the cache holds (every sequence, with the tokens prefix caching knows), as bytes
+        that load_state() on a context of the same model takes back."""
+        self._acquire()
+        try:
+            sequences = [state.SequenceState(seq, list(tokens), self._backend.state_get(self._handle, seq))
+                         for seq, tokens in enumerate(self._cached) if tokens]
+            return state.pack(self._model.fingerprint, sequences)
+        finally:
+            self._release()
+
+    def load_state(self, data: bytes | bytearray | memoryview) -> None:
+        """Make the cache hold what save_state() saved; the next prompt that starts with those
+        tokens evaluates only the rest. A state from another model or a damaged one raises
+        InvalidArgumentError (and leaves the cache empty)."""
+        sequences = state.unpack(bytes(data), self._model.fingerprint, self.n_seq_max)
+        self._acquire()
+        try:
+            self._backend.memory_clear(self._handle)
+            self._forget_cache()
+            try:
+                for s in sequences:
+                    self._backend.state_set(self._handle, s.seq, s.data)
+                    self._cached[s.seq] = list(s.tokens)
+            except BaseException:
+                with contextlib.suppress(WasillamaError):
+                    self._backend.memory_clear(self._handle)
+                self._forget_cache()
+                raise
+        finally:
+            self._release()
+
+    def save_state_file(self, path: str | os.PathLike[str]) -> None:
+        """save_state() into a file (written whole, then renamed into place)."""
+        target = Path(path)
+        tmp = target.with_name(target.name + ".tmp")
+        tmp.write_bytes(self.save_state())
+        tmp.replace(target)
+
+    def load_state_file(self, path: str | os.PathLike[str]) -> None:
+        """load_state() from a file (read by the host; the sandbox opens nothing)."""
+        self.load_state(Path(path).read_bytes())
+
     # ---- embeddings ------------------------------------------------------------------------------
 
     def embed(self, text: str | Sequence[int], *, normalize: bool = True, truncate: bool = False,
@@ -224,7 +271,8 @@ class Context:
     def generate(self, prompt: str | Sequence[int], *, sampling: Sampling | None = None,
                  max_tokens: int = MAX_TOKENS, stop: Sequence[str] = (), logprobs: bool = False,
                  top_logprobs: int = 0, add_special: bool = True, parse_special: bool = False,
-                 on_text: Callable[[str], bool | None] | None = None, **sampling_options: Any) -> GenerationResult:
+                 on_text: Callable[[str], bool | None] | None = None, draft: Context | None = None,
+                 draft_tokens: int = 8, **sampling_options: Any) -> GenerationResult:
         """Complete `prompt` (text, or token ids) with up to max_tokens tokens.
 
         sampling: a Sampling (its defaults when omitted); keyword arguments named like its fields
@@ -234,10 +282,18 @@ class Context:
         logprobs: report each token's log-probability under the model (result.logprobs), with
         its top_logprobs likeliest alternatives (at most 20; only with logprobs=True).
         on_text: called with each text piece as it is generated; returning False cancels the
-        rest (finish_reason "cancelled")."""
+        rest (finish_reason "cancelled").
+        draft: a context of a smaller model with the same vocabulary, for speculative decoding
+        (greedy only): it proposes draft_tokens tokens at a time, this context verifies them in
+        one batch. The text is this model's greedy text; result.draft says how many were kept."""
         options = dict(sampling=sampling, max_tokens=max_tokens, stop=stop, logprobs=logprobs,
                        top_logprobs=top_logprobs, add_special=add_special, parse_special=parse_special,
                        **sampling_options)
+        if draft is not None:
+            if on_text is not None:
+                raise UnsupportedOptionError("on_text does not combine with a draft (speculative decoding)")
+            self._require_logits()
+            return speculative.generate(self, draft, self._job(0, prompt, **options), draft_tokens)
         with self._text_stream(prompt, 1 if on_text else _STEPS_PER_CALL, options) as stream:
             for piece in stream:
                 if on_text is not None and on_text(piece) is False:

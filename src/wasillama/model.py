@@ -214,6 +214,13 @@ class Model:
         raw = self._backend.detokenize(self._require_handle(), list(tokens), keep_special, render_special)
         return raw.decode("utf-8", "replace")
 
+    @cached_property
+    def fingerprint(self) -> dict[str, Any]:
+        """What identifies these weights for saved context states."""
+        i = self.info
+        return {"desc": self.description, "n_params": i.n_params, "size": i.size_bytes, "n_vocab": i.n_vocab,
+                "n_embd": i.n_embd, "n_layer": i.n_layer}
+
     def schema_grammar(self, schema: str) -> str:
         """The GBNF grammar of a JSON schema (llama.cpp's converter, run by the backend: inside
         the sandbox on wasm). Cached per schema text."""

@@ -49,6 +49,19 @@ class TokenLogprob:
 
 
 @dataclass(frozen=True)
+class DraftStats:
+    """Speculative decoding: how many tokens the draft proposed and how many the target kept."""
+
+    proposed: int
+    accepted: int
+    rounds: int  # target decodes: each verifies one batch of drafts and yields 1 + accepted tokens
+
+    @property
+    def acceptance_rate(self) -> float:
+        return self.accepted / self.proposed if self.proposed else 0.0
+
+
+@dataclass(frozen=True)
 class GenerationResult:
     """The outcome of Context.generate / Context.chat (and of a finished stream)."""
 
@@ -60,6 +73,7 @@ class GenerationResult:
     timings: Timings
     stop_sequence: str | None = field(default=None)
     logprobs: list[TokenLogprob] | None = field(default=None)  # one per token, when asked for
+    draft: DraftStats | None = field(default=None)  # with speculative decoding
 
     @property
     def completion_tokens(self) -> int:

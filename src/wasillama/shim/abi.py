@@ -67,6 +67,8 @@ FUNCTIONS: dict[str, tuple[str, ...]] = {
     "wl_memory_seq_keep": ("i32", "i32"),
     "wl_memory_seq_add": ("i32", "i32", "i32", "i32", "i32"),
     "wl_memory_seq_pos_range": ("i32", "i32", "ptr"),
+    "wl_state_seq_get": ("i32", "i32", "ptr", "i32"),
+    "wl_state_seq_set": ("i32", "i32", "ptr", "i32"),
     "wl_sampler_chain_new": ("i32",),
     "wl_sampler_chain_add": ("i32", "i32", "ptr", "i32", "ptr", "i32", "ptr", "i32"),
     "wl_sampler_free": ("i32",),

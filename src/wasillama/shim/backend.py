@@ -419,6 +419,16 @@ class ShimBackend:
     def embeddings_token(self, ctx: int, idx: int) -> npt.NDArray[np.float32]:
         return self._floats("wl_context_embeddings_token", ctx, idx, "idx")
 
+    def state_get(self, ctx: int, seq: int) -> bytes:
+        return self._locked(lambda: self._fill("wl_state_seq_get", i32(ctx, "context"), i32(seq, "seq"), cap=0))
+
+    def state_set(self, ctx: int, seq: int, data: bytes) -> None:
+        def run() -> None:
+            with self._put(data) as p:
+                self._check("wl_state_seq_set", i32(ctx, "context"), i32(seq, "seq"), p, len(data))
+
+        self._locked(run)
+
     def memory_clear(self, ctx: int) -> None:
         self._locked(lambda: self._check("wl_memory_clear", i32(ctx, "context")))
 
