@@ -28,7 +28,8 @@ PROMPTS = ["Write a short story about a robot who learns to paint.",
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--backend", default="wasm")
-    ap.add_argument("--layers", default="6,10,15")
+    # a draft per item: "10" = the first 10 blocks; "0-9+25-29" = those blocks
+    ap.add_argument("--layers", default="10,0-9+25-29")
     ap.add_argument("--draft-tokens", default="3,5")
     ap.add_argument("-n", type=int, default=128)
     args = ap.parse_args()
@@ -52,8 +53,11 @@ def main() -> None:
         print(f"target {target.n_layer} layers, {args.backend}: plain greedy {base_n / base_s:.1f} t/s "
               f"({base_n} tokens)")
         print("draft layers | draft tokens | acceptance | target decodes/token | t/s | vs plain")
-        for layers in (int(x) for x in args.layers.split(",")):
-            path = synthetic.truncate_layers(target_path, Path(tmp) / f"draft-{layers}.gguf", layers)
+        for spec in args.layers.split(","):
+            layers = int(spec) if spec.isdigit() else [i for part in spec.split("+")
+                                                       for i in range(int(part.split("-")[0]),
+                                                                      int(part.split("-")[-1]) + 1)]
+            path = synthetic.truncate_layers(target_path, Path(tmp) / f"draft-{spec}.gguf", layers)
             with wasillama.Model.load(path, backend=args.backend, trust_model=trust) as dm, \
                     dm.new_context(n_ctx=2048) as dctx:
                 for k in (int(x) for x in args.draft_tokens.split(",")):
@@ -63,7 +67,7 @@ def main() -> None:
                     proposed = sum(r.draft.proposed for r in res if r.draft)
                     accepted = sum(r.draft.accepted for r in res if r.draft)
                     rounds = sum(r.draft.rounds for r in res if r.draft)
-                    print(f"{layers:12d} | {k:12d} | {accepted / max(proposed, 1):10.2f} | {rounds / n:20.2f} | "
+                    print(f"{spec:>12} | {k:12d} | {accepted / max(proposed, 1):10.2f} | {rounds / n:20.2f} | "
                           f"{n / s:5.1f} | {(n / s) / (base_n / base_s):.2f}x")
 
 

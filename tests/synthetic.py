@@ -331,11 +331,14 @@ def layout_tensor_head(layout: GGUFLayout, tensor_name: str) -> bytes:
     raise KeyError(tensor_name)
 
 
-def truncate_layers(src: str | Path, dst: str | Path, n_layer: int) -> Path:
-    """A copy of a GGUF decoder with only its first n_layer blocks (a draft model for speculative
-    decoding that shares the vocabulary and the embeddings): every other tensor and field as is,
-    <arch>.block_count set to n_layer."""
+def truncate_layers(src: str | Path, dst: str | Path, layers: int | Sequence[int]) -> Path:
+    """A copy of a GGUF decoder with fewer blocks (a draft model for speculative decoding that
+    shares the vocabulary and the embeddings): its first `layers` blocks, or the blocks listed
+    (renumbered in order); every other tensor and field as is, <arch>.block_count to match."""
     g = _require_gguf()
+    keep = list(range(layers)) if isinstance(layers, int) else list(layers)
+    index = {old: new for new, old in enumerate(keep)}
+    n_layer = len(keep)
     reader = g.GGUFReader(str(src))
     arch = reader.fields["general.architecture"].contents()
     writer = g.GGUFWriter(str(dst), arch)
@@ -346,10 +349,14 @@ def truncate_layers(src: str | Path, dst: str | Path, n_layer: int) -> Path:
         vtype = field.types[0]
         writer.add_key_value(name, value, vtype, sub_type=field.types[-1] if vtype == g.GGUFValueType.ARRAY else None)
     for t in reader.tensors:
-        if t.name.startswith("blk.") and int(t.name.split(".")[1]) >= n_layer:
-            continue
+        name = t.name
+        if name.startswith("blk."):
+            _, i, rest = name.split(".", 2)
+            if int(i) not in index:
+                continue
+            name = f"blk.{index[int(i)]}.{rest}"
         # as read: quantized data comes as rows of bytes, which add_tensor turns back into a shape
-        writer.add_tensor(t.name, np.asarray(t.data), raw_dtype=t.tensor_type)
+        writer.add_tensor(name, np.asarray(t.data), raw_dtype=t.tensor_type)
     writer.write_header_to_file()
     writer.write_kv_data_to_file()
     writer.write_tensors_to_file()
