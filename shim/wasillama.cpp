@@ -6,6 +6,7 @@
 #include "wasillama.h"
 
 #include "ggml-backend.h"
+#include "gguf.h"
 #include "json-schema-to-grammar.h"
 #include "llama.h"
 
@@ -76,8 +77,17 @@ struct Model {
     const llama_vocab * vocab() const { return llama_model_get_vocab(model); }
 };
 
+// A LoRA adapter of a model. llama.cpp frees adapters with their model; holding the model keeps
+// it alive as long as the adapter, and contexts that use an adapter hold it.
+struct Lora {
+    std::shared_ptr<Model> model;
+    llama_adapter_lora * adapter = nullptr;
+    ~Lora() { if (adapter) llama_adapter_lora_free(adapter); }
+};
+
 struct Context {
     std::shared_ptr<Model> owner;  // keeps the weights alive while the context exists
+    std::vector<std::shared_ptr<Lora>> loras;  // the adapters set on it
     llama_model * model = nullptr;
     llama_context * ctx = nullptr;
     // Read by llama.cpp's abort callback between graph nodes; written by the host, from any
@@ -125,6 +135,7 @@ struct Registry {
     std::map<int32_t, std::shared_ptr<Model>>   models;
     std::map<int32_t, std::shared_ptr<Context>> contexts;
     std::map<int32_t, std::shared_ptr<Sampler>> samplers;
+    std::map<int32_t, std::shared_ptr<Lora>>    loras;
 };
 
 Registry & reg() {
@@ -365,6 +376,27 @@ FILE * open_host_file(int32_t, int64_t) {
     throw wl_error(WL_E_UNSUPPORTED, "loading from host bytes needs fopencookie (Linux or wasm)");
 }
 #endif
+
+// llama.cpp multiplies by LoRA tensors of any type the file names, and ggml's CPU code has no
+// kernel for some (F64, I32, ...): a null function pointer called mid-decode (a trap in wasm, the
+// end of the process natively). Only the types adapters are written in pass; the stream is
+// rewound for the real load.
+void require_lora_types(FILE * f) {
+    gguf_init_params params = {/* .no_alloc = */ true, /* .ctx = */ nullptr};
+    gguf_context * g = gguf_init_from_file_ptr(f, params);
+    if (!g) throw wl_error(WL_E_LOAD, "failed to load the LoRA adapter: not a valid GGUF file");
+    std::string bad;
+    for (int64_t i = 0; i < gguf_get_n_tensors(g) && bad.empty(); i++) {
+        const ggml_type t = gguf_get_tensor_type(g, i);
+        if (t != GGML_TYPE_F32 && t != GGML_TYPE_F16 && t != GGML_TYPE_BF16 && t != GGML_TYPE_Q8_0) {
+            bad = std::string("tensor '") + gguf_get_tensor_name(g, i) + "' is of type " + ggml_type_name(t) +
+                  " (adapters are F32, F16, BF16 or Q8_0)";
+        }
+    }
+    gguf_free(g);
+    if (!bad.empty()) throw wl_error(WL_E_LOAD, "failed to load the LoRA adapter: " + bad);
+    if (fseek(f, 0, SEEK_SET) != 0) throw wl_error(WL_E_LOAD, "failed to load the LoRA adapter: cannot rewind");
+}
 
 int32_t tok_flags_check(int32_t flags) {
     require((flags & ~(WL_TOK_ADD_SPECIAL | WL_TOK_PARSE_SPECIAL)) == 0, "unknown tokenizer flags");
@@ -722,6 +754,52 @@ WL_EXPORT(wl_model_load_path) int32_t wl_model_load_path(const char * path, cons
 }
 
 WL_EXPORT(wl_model_free) int32_t wl_model_free(int32_t model) { return erase(reg().models, model); }
+
+WL_EXPORT(wl_lora_load_host) int32_t wl_lora_load_host(int32_t model, int32_t source, int64_t size) {
+    return guarded([&] {
+        auto m = lookup(reg().models, model, "model");
+        if (size <= 0) throw wl_error(WL_E_LOAD, "failed to load the LoRA adapter: it is empty (0 bytes)");
+        t_last_log_error.clear();
+        std::unique_ptr<FILE, int (*)(FILE *)> f(open_host_file(source, size), fclose);
+        require_lora_types(f.get());
+        llama_adapter_lora * a = llama_adapter_lora_init_from_file_ptr(m->model, f.get());
+        if (!a) {
+            throw wl_error(WL_E_LOAD, "failed to load the LoRA adapter" +
+                                          (t_last_log_error.empty() ? std::string() : ": " + t_last_log_error));
+        }
+        auto lora = std::make_shared<Lora>();
+        lora->model = m;
+        lora->adapter = a;
+        return insert(reg().loras, lora);
+    });
+}
+
+WL_EXPORT(wl_lora_free) int32_t wl_lora_free(int32_t lora) { return erase(reg().loras, lora); }
+
+WL_EXPORT(wl_context_set_loras) int32_t wl_context_set_loras(int32_t ctx, const int32_t * loras, const float * scales,
+                                                           int32_t n) {
+    return guarded([&] {
+        require(n >= 0 && (n == 0 || (loras && scales)), "invalid adapter arrays");
+        auto c = lookup(reg().contexts, ctx, "context");
+        std::vector<std::shared_ptr<Lora>> held;
+        std::vector<llama_adapter_lora *> adapters;
+        std::vector<float> s(scales, scales + n);
+        for (int32_t i = 0; i < n; i++) {
+            auto l = lookup(reg().loras, loras[i], "LoRA");
+            require(l->model->model == c->model, "the LoRA adapter belongs to another model");
+            for (auto & h : held) require(h != l, "a LoRA adapter appears twice");
+            require(std::isfinite(s[(size_t) i]), "a LoRA scale is not a finite number");
+            held.push_back(l);
+            adapters.push_back(l->adapter);
+        }
+        if (llama_set_adapters_lora(c->ctx, adapters.data(), adapters.size(), s.data()) != 0) {
+            throw wl_error(WL_E_INTERNAL, "llama.cpp refused the LoRA adapters");
+        }
+        c->loras = std::move(held);
+        c->forget_outputs();  // logits of the last decode came from the other weights
+        return n;
+    });
+}
 
 WL_EXPORT(wl_model_info_get) int32_t wl_model_info_get(int32_t model, wl_model_info * out) {
     return guarded([&] {

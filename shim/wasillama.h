@@ -179,6 +179,18 @@ int32_t wl_model_chat_template(int32_t model, const char * name, char * buf, int
 int32_t wl_model_chat_apply(int32_t model, const char * tmpl, const char * packed, int32_t packed_len,
                             int32_t n_msg, int32_t add_assistant, char * buf, int32_t cap);
 
+/* ---- LoRA adapters (of a model; since 2.2) ------------------------------------------------------
+ * Load an adapter GGUF whose bytes the host serves through wl_host_read(source, ...) (both
+ * builds: adapters are small, and the sandbox opens no file). It belongs to `model` (same
+ * architecture and tensor shapes, else WL_E_LOAD) and keeps it alive; contexts that use it keep
+ * the adapter alive after wl_lora_free. */
+int32_t wl_lora_load_host(int32_t model, int32_t source, int64_t size);
+int32_t wl_lora_free(int32_t lora);
+/* Makes exactly these n adapters (with their scales) apply to ctx; n = 0 removes all. What the
+ * KV cache holds was computed with the previous set: the host clears what it should not reuse.
+ * Returns n. */
+int32_t wl_context_set_loras(int32_t ctx, const int32_t * loras, const float * scales, int32_t n);
+
 /* ---- structured output ----------------------------------------------------------------------
  * A JSON schema (UTF-8 JSON text) as a GBNF grammar whose root rule matches exactly the JSON
  * documents the schema accepts (llama.cpp's converter, common/json-schema-to-grammar.cpp);

@@ -363,3 +363,27 @@ def truncate_layers(src: str | Path, dst: str | Path, layers: int | Sequence[int
     writer.close()
     return Path(dst)
 
+
+
+def write_lora(path: str | Path, *, n_layer: int = 2, n_embd: int = 128, n_ff: int = 256, rank: int = 8,
+               alpha: float = 16.0, seed: int = 0, strength: float = 1.0, arch: str = "llama",
+               dtype: type[np.generic] = np.float32) -> Path:
+    """A random LoRA adapter GGUF for write_llama's model of these sizes: attn_q and ffn_down of
+    every block get lora_a (numpy (rank, n_in)) and lora_b ((n_out, rank)), of `dtype`."""
+    g = _require_gguf()
+    rng = np.random.default_rng(seed)
+    writer = g.GGUFWriter(str(path), arch)
+    writer.add_string("general.type", "adapter")
+    writer.add_string("adapter.type", "lora")
+    writer.add_float32("adapter.lora.alpha", alpha)
+    for i in range(n_layer):
+        for name, n_in, n_out in (("attn_q", n_embd, n_embd), ("ffn_down", n_ff, n_embd)):
+            a = (rng.standard_normal((rank, n_in)) / np.sqrt(n_in)).astype(dtype)
+            b = (strength * rng.standard_normal((n_out, rank)) / np.sqrt(rank)).astype(dtype)
+            writer.add_tensor(f"blk.{i}.{name}.weight.lora_a", a)
+            writer.add_tensor(f"blk.{i}.{name}.weight.lora_b", b)
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    return Path(path)

@@ -24,6 +24,7 @@ def test_the_api_page_has_examples() -> None:
 def test_examples_run(page: str, smollm2_path: Path, tmp_path: Path) -> None:
     script = "\n\n".join(f"# ---- block {i}\n{b}" for i, b in enumerate(blocks(DOCS / page)))
     (tmp_path / "examples.py").write_text(script)
+    # from the repository's root, as a reader would run them (the LoRA example uses tests/synthetic.py)
     run = subprocess.run([sys.executable, str(tmp_path / "examples.py")], capture_output=True, text=True,
-                         timeout=600, cwd=tmp_path)
+                         timeout=600, cwd=DOCS.parent)
     assert run.returncode == 0, run.stderr[-4000:]

@@ -26,6 +26,7 @@ from .errors import (
     UnsupportedOptionError,
     WasillamaError,
 )
+from .lora import Lora
 from .model import Model
 from .options import ContextOptions, LoadOptions, Sampling
 from .results import GenerationResult, Timings, TokenLogprob, TopLogprob
@@ -40,7 +41,7 @@ logging.getLogger("wasillama").addHandler(logging.NullHandler())
 __all__ = [
     "AbortedError", "AsyncTextStream", "BackendError", "BackendUnavailableError", "ChatTemplateError", "ClosedError",
     "BatchStream", "ConcurrentUseError", "Context", "ContextFullError", "ContextOptions", "DecodeError",
-    "GenerationResult", "InvalidArgumentError", "LoadOptions", "Model",
+    "GenerationResult", "InvalidArgumentError", "LoadOptions", "Lora", "Model",
     "ModelInfo", "ModelLoadError", "ModelNotFoundError", "ModelTooLargeError", "OutOfMemoryError",
     "Sampling", "TextStream", "Timings", "TokenLogprob", "TopLogprob", "UnsupportedOptionError", "WasillamaError",
     "__version__", "embed",

@@ -49,6 +49,7 @@ from .streams import AsyncTextStream, BatchStream, TextStream
 from .text import TextAssembler
 
 if TYPE_CHECKING:
+    from .lora import Lora
     from .model import Model
 
 Message = Mapping[str, str]
@@ -75,6 +76,7 @@ class Context:
         self._abort_requested = False
         self._cancel_lock = threading.Lock()
         self._running: threading.Event | None = None  # the cancel event of the run in progress
+        self._loras: dict[Lora, float] = {}
         self._closed = True  # until the handle below exists
         self._handle = self._backend.new_context(model._require_handle(), params)
         self._closed = False
@@ -194,6 +196,31 @@ class Context:
         self._acquire()
         try:
             return self._backend.logits(self._handle, -1)
+        finally:
+            self._release()
+
+    # ---- LoRA adapters -------------------------------------------------------------------------
+
+    @property
+    def loras(self) -> dict[Lora, float]:
+        """The adapters that apply to this context, with their scales."""
+        return dict(self._loras)
+
+    def set_loras(self, loras: Mapping[Lora, float]) -> None:
+        """Make exactly these adapters apply, each with its scale ({} removes all). The cache is
+        emptied when the set changes: what it holds was computed with the other weights."""
+        wanted = {lora: float(scale) for lora, scale in loras.items()}
+        for lora in wanted:
+            if lora.model is not self._model:
+                raise InvalidArgumentError(f"{lora!r} belongs to another model")
+        self._acquire()
+        try:
+            if wanted == self._loras:
+                return
+            self._backend.set_loras(self._handle, [lora._require_handle() for lora in wanted], list(wanted.values()))
+            self._loras = wanted
+            self._backend.memory_clear(self._handle)
+            self._forget_cache()
         finally:
             self._release()
 

@@ -19,6 +19,7 @@ from typing import Any, Literal
 from .backend import Backend, Buffer, ModelSource, installed_plugins, load_plugin
 from .context import Context
 from .errors import ClosedError, InvalidArgumentError, ModelLoadError, UnsupportedOptionError, WasillamaError
+from .lora import Lora
 from .options import ContextOptions, LoadOptions, resolve
 from .shim.abi import ContextParams, ModelInfo, ModelParams
 
@@ -220,6 +221,13 @@ class Model:
         i = self.info
         return {"desc": self.description, "n_params": i.n_params, "size": i.size_bytes, "n_vocab": i.n_vocab,
                 "n_embd": i.n_embd, "n_layer": i.n_layer}
+
+    def load_lora(self, source: str | os.PathLike[str] | Buffer) -> Lora:
+        """A LoRA adapter GGUF for this model, from a path or bytes (read by the host, like the
+        model). Apply it with ``ctx.set_loras({lora: scale})``. A file for another model (other
+        architecture or shapes) raises ModelLoadError."""
+        src = ModelSource.of(source)
+        return Lora(self, self._backend.load_lora(self._require_handle(), src), src)
 
     def schema_grammar(self, schema: str) -> str:
         """The GBNF grammar of a JSON schema (llama.cpp's converter, run by the backend: inside

@@ -188,23 +188,59 @@ class ShimBackend:
                 if source.path is not None and self.capabilities.path_loads:
                     with self._put(os.fsencode(source.path) + b"\0") as path:
                         return self._check("wl_model_load_path", path, p, sp, split.size)
-                # A file is read with pread, not mapped: a file that shrinks under a mapping
-                # raises SIGBUS, which would kill the host process.
-                f = open(source.path, "rb") if source.path is not None else None  # noqa: SIM115
-                sid = self._t.sources.add(f.fileno() if f is not None else source.buffer)  # type: ignore[arg-type]
-                try:
-                    return self._check("wl_model_load_host", sid, size, p, sp, split.size)
-                except BackendError as e:
-                    if self._t.poisoned is None:
-                        raise
-                    raise ModelLoadError(f"llama.cpp aborted while loading {source.describe()}: the file is "
-                                         f"corrupt or hostile ({e})") from e
-                finally:
-                    self._t.sources.remove(sid)
-                    if f is not None:
-                        f.close()
+                with self._served(source) as sid:
+                    return self._check_load(source, "wl_model_load_host", sid, size, p, sp, split.size)
 
         return self._locked(run)
+
+    @contextmanager
+    def _served(self, source: ModelSource) -> Iterator[int]:
+        """The source's bytes, served to wl_host_read under the id yielded, while the block runs.
+        A file is read with pread, not mapped: a file that shrinks under a mapping raises SIGBUS,
+        which would kill the host process."""
+        f = open(source.path, "rb") if source.path is not None else None  # noqa: SIM115
+        sid = self._t.sources.add(f.fileno() if f is not None else source.buffer)  # type: ignore[arg-type]
+        try:
+            yield sid
+        finally:
+            self._t.sources.remove(sid)
+            if f is not None:
+                f.close()
+
+    def _check_load(self, source: ModelSource, name: str, *args: int) -> int:
+        try:
+            return self._check(name, *args)
+        except BackendError as e:
+            if self._t.poisoned is None:
+                raise
+            raise ModelLoadError(f"llama.cpp aborted while loading {source.describe()}: the file is "
+                                 f"corrupt or hostile ({e})") from e
+
+    def load_lora(self, model: int, source: ModelSource) -> int:
+        size = source.size
+        if size == 0:
+            raise ModelLoadError(f"cannot load a LoRA adapter from {source.describe()}: no bytes")
+
+        def run() -> int:
+            with self._served(source) as sid:
+                return self._check_load(source, "wl_lora_load_host", i32(model, "model"), sid, size)
+
+        return self._locked(run)
+
+    def free_lora(self, lora: int) -> None:
+        self._locked(lambda: self._check("wl_lora_free", i32(lora, "LoRA")))
+
+    def set_loras(self, ctx: int, loras: Sequence[int], scales: Sequence[float]) -> None:
+        handles = i32_array(loras, "LoRA handles")
+        weights = np.asarray(scales, dtype=np.float32).reshape(-1)
+        if weights.size != handles.size:
+            raise InvalidArgumentError("one scale per LoRA adapter")
+
+        def run() -> None:
+            with self._put(handles if handles.size else None) as hp, self._put(weights if weights.size else None) as wp:
+                self._check("wl_context_set_loras", i32(ctx, "context"), hp, wp, handles.size)
+
+        self._locked(run)
 
     def free_model(self, model: int) -> None:
         # The shim keeps the weights alive until the model's last context is freed.
