@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import mmap
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
@@ -108,8 +108,9 @@ class Backend(Protocol):
     def devices(self) -> list[Device]: ...
 
     # models
-    def load_model(self, source: ModelSource, params: ModelParams,
-                   tensor_split: Sequence[float] = ()) -> int: ...
+    # progress(fraction of the file read); returning False stops the load (ModelLoadError)
+    def load_model(self, source: ModelSource, params: ModelParams, tensor_split: Sequence[float] = (),
+                   progress: Callable[[float], bool | None] | None = None) -> int: ...
     def free_model(self, model: int) -> None: ...
     def load_lora(self, model: int, source: ModelSource) -> int: ...  # its bytes served by the host
     def free_lora(self, lora: int) -> None: ...

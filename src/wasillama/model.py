@@ -12,7 +12,7 @@ import logging
 import os
 import threading
 import weakref
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from functools import cached_property
 from typing import Any, Literal
 
@@ -57,12 +57,16 @@ class Model:
 
     @classmethod
     def load(cls, source: str | os.PathLike[str] | Buffer, *, backend: BackendName = "wasm",
-             trust_model: bool = False, options: LoadOptions | None = None, **load_options: Any) -> Model:
+             trust_model: bool = False, options: LoadOptions | None = None,
+             progress: Callable[[float], bool | None] | None = None, **load_options: Any) -> Model:
         """Load a GGUF model from a path or from bytes.
 
         options: a LoadOptions (its defaults when omitted); keyword arguments named like its
         fields (gpu_layers, main_gpu, tensor_split, mmap, mlock, vocab_only, check_tensors)
         override it.
+        progress: called with the fraction of the file read so far (0.0 ... 1.0, every 1% at
+        most; a file the native backend maps reports 0.0 and 1.0 only); returning False stops
+        the load with ModelLoadError.
 
         backend: "wasm" (default) runs llama.cpp inside a wasmtime sandbox: the model file can
         be hostile and the process survives. "native" uses the wasillama-native plugin (GPU,
@@ -84,7 +88,7 @@ class Model:
                 "compromise this process. Pass trust_model=True if you trust the file.")
         be: Backend = plugin.create()
         try:
-            handle = be.load_model(src, params, opts.tensor_split)
+            handle = be.load_model(src, params, opts.tensor_split, progress)
         except BaseException:
             if plugin.per_model:
                 be.close()  # the whole sandbox goes, and with it every handle in it

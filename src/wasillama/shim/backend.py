@@ -33,9 +33,11 @@ from ..errors import (
     ModelLoadError,
     ModelTooLargeError,
     UnsupportedOptionError,
+    WasillamaError,
 )
 from . import abi
 from .abi import ContextInfo, ContextParams, ModelInfo, ModelParams, SamplerStep
+from .hostio import Progress
 from .transport import Transport
 
 T = TypeVar("T")
@@ -173,7 +175,8 @@ class ShimBackend:
                 f"(weights + KV cache + compute), so models above {caps.max_model_bytes / 2**30:.2f} GiB "
                 "need backend='native'")
 
-    def load_model(self, source: ModelSource, params: ModelParams, tensor_split: Sequence[float] = ()) -> int:
+    def load_model(self, source: ModelSource, params: ModelParams, tensor_split: Sequence[float] = (),
+                   progress: Progress | None = None) -> int:
         self._check_model_options(source, params, tensor_split)
         try:
             split = np.ascontiguousarray(tensor_split, dtype=np.float32).reshape(-1)
@@ -185,23 +188,35 @@ class ShimBackend:
 
         def run() -> int:
             with self._put(params.pack()) as p, self._put(split if split.size else None) as sp:
-                if source.path is not None and self.capabilities.path_loads:
+                if source.path is not None and self.capabilities.path_loads:  # mapped: no reads to count
+                    if progress is not None and progress(0.0) is False:
+                        raise ModelLoadError("loading was cancelled by the progress callback")
                     with self._put(os.fsencode(source.path) + b"\0") as path:
-                        return self._check("wl_model_load_path", path, p, sp, split.size)
-                with self._served(source) as sid:
+                        handle = self._check("wl_model_load_path", path, p, sp, split.size)
+                    if progress is not None:
+                        progress(1.0)
+                    return handle
+                with self._served(source, progress) as sid:
                     return self._check_load(source, "wl_model_load_host", sid, size, p, sp, split.size)
 
         return self._locked(run)
 
     @contextmanager
-    def _served(self, source: ModelSource) -> Iterator[int]:
-        """The source's bytes, served to wl_host_read under the id yielded, while the block runs.
-        A file is read with pread, not mapped: a file that shrinks under a mapping raises SIGBUS,
-        which would kill the host process."""
+    def _served(self, source: ModelSource, progress: Progress | None = None) -> Iterator[int]:
+        """The source's bytes, served to wl_host_read under the id yielded, while the block runs
+        (with `progress` told how far the reads got). A file is read with pread, not mapped: a
+        file that shrinks under a mapping raises SIGBUS, which would kill the host process."""
         f = open(source.path, "rb") if source.path is not None else None  # noqa: SIM115
         sid = self._t.sources.add(f.fileno() if f is not None else source.buffer)  # type: ignore[arg-type]
+        if progress is not None:
+            self._t.sources.watch(sid, source.size, progress)
         try:
-            yield sid
+            try:
+                yield sid
+            except WasillamaError as e:
+                if self._t.sources.cancelled(sid):
+                    raise ModelLoadError(f"loading {source.describe()} was cancelled by the progress callback") from e
+                raise
         finally:
             self._t.sources.remove(sid)
             if f is not None:

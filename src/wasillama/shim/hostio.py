@@ -15,6 +15,7 @@ import logging
 import mmap
 import os
 import threading
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -27,6 +28,31 @@ _LEVELS = {0: logging.INFO, 1: logging.DEBUG, 2: logging.INFO, 3: logging.WARNIN
 LOG_CONT = 5
 
 
+Progress = Callable[[float], "bool | None"]
+
+
+class _Watch:
+    """How far the reader has got in a source, for a progress callback (which may say stop)."""
+
+    def __init__(self, size: int, callback: Progress) -> None:
+        self.size, self.callback = max(size, 1), callback
+        self.high = 0  # the furthest byte read
+        self.reported = -1.0
+        self.cancelled = False
+
+    def advance(self, end: int) -> bool:
+        """False when the callback asked to stop (every later read then fails)."""
+        if self.cancelled:
+            return False
+        self.high = max(self.high, end)
+        fraction = min(self.high / self.size, 1.0)
+        if fraction >= self.reported + 0.01 or (fraction == 1.0 and self.reported < 1.0):
+            self.reported = fraction
+            if self.callback(fraction) is False:
+                self.cancelled = True
+        return not self.cancelled
+
+
 class Sources:
     """Byte sources by id, for ``host_read``. Thread-safe."""
 
@@ -34,6 +60,18 @@ class Sources:
         self._lock = threading.Lock()
         self._next = 1
         self._live: dict[int, npt.NDArray[np.uint8] | int] = {}  # a buffer, or a file descriptor
+        self._watches: dict[int, _Watch] = {}
+
+    def watch(self, sid: int, size: int, callback: Progress) -> None:
+        """Report reads of source `sid` (of `size` bytes) as a fraction to `callback`, at most
+        every 1%; when it returns False, reads fail from then on (the load stops)."""
+        with self._lock:
+            self._watches[sid] = _Watch(size, callback)
+
+    def cancelled(self, sid: int) -> bool:
+        """Whether the progress callback of `sid` asked to stop."""
+        w = self._watches.get(sid)
+        return w is not None and w.cancelled
 
     def add(self, source: int | bytes | bytearray | memoryview | mmap.mmap) -> int:
         """Registers a file descriptor (read with pread) or a buffer (kept alive until `remove`)."""
@@ -55,6 +93,7 @@ class Sources:
         # Dropping the last reference lets an mmap the caller passed close again.
         with self._lock:
             self._live.pop(sid, None)
+            self._watches.pop(sid, None)
 
     def read(self, sid: int, offset: int, dst: int, n: int) -> int:
         """Copies up to n bytes at `offset` of source `sid` to host address `dst`; the count, or -1."""
@@ -65,12 +104,22 @@ class Sources:
             return 0
         if isinstance(data, int):
             try:
-                return os.preadv(data, [memoryview((ctypes.c_ubyte * n).from_address(dst)).cast("B")], offset)
+                k = os.preadv(data, [memoryview((ctypes.c_ubyte * n).from_address(dst)).cast("B")], offset)
             except OSError:
                 return -1
-        k = max(0, min(n, data.size - offset))
-        if k:
-            ctypes.memmove(dst, data.ctypes.data + offset, k)
+        else:
+            k = max(0, min(n, data.size - offset))
+            if k:
+                ctypes.memmove(dst, data.ctypes.data + offset, k)
+        watch = self._watches.get(sid)
+        if watch is not None:
+            try:
+                if not watch.advance(offset + k):
+                    return -1
+            except Exception:  # a failing callback stops the load (an exception cannot cross the guest)
+                LLAMA_LOGGER.exception("the load progress callback raised: stopping the load")
+                watch.cancelled = True
+                return -1
         return k
 
 
