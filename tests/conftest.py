@@ -106,6 +106,35 @@ def synthetic_model(synthetic_models: Callable[..., Path]) -> Path:
     return synthetic_models(**SYNTHETIC_DEFAULT)
 
 
+@pytest.fixture(scope="module")
+def model(backend_name: str, synthetic_model: Path) -> Iterator[Any]:
+    """synthetic_model loaded on the backend under test, once per test module."""
+    from helpers import load_model
+
+    with load_model(synthetic_model, backend_name) as m:
+        yield m
+
+
+@pytest.fixture(scope="module")
+def shim(backend_name: str, synthetic_model: Path) -> Iterator[tuple[Any, int]]:
+    """The backend under test at the ABI level (a ShimBackend) with synthetic_model loaded."""
+    from wasillama.backend import ModelSource, load_plugin
+    from wasillama.options import LoadOptions
+    from wasillama.shim.abi import ModelParams
+    from wasillama.shim.backend import ShimBackend
+
+    plugin = load_plugin(backend_name)
+    be = plugin.create()
+    assert isinstance(be, ShimBackend)
+    handle = be.load_model(ModelSource.of(synthetic_model), ModelParams.of(LoadOptions()))
+    try:
+        yield be, handle
+    finally:
+        be.free_model(handle)
+        if plugin.per_model:
+            be.close()
+
+
 @pytest.fixture(scope="session")
 def synthetic_q8(synthetic_models: Callable[..., Path]) -> Path:
     return synthetic_models(seed=1, n_layer=2, n_embd=64, qtype="q8_0")

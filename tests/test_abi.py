@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import re
 import struct
-from collections.abc import Iterator
 from contextlib import ExitStack
 from pathlib import Path
 
@@ -13,9 +12,8 @@ import pytest
 import wasmtime
 
 from helpers import native_available
-from wasillama.backend import ModelSource, load_plugin
 from wasillama.errors import BackendError
-from wasillama.options import ContextOptions, LoadOptions
+from wasillama.options import ContextOptions
 from wasillama.shim import abi
 from wasillama.shim.backend import ShimBackend
 
@@ -105,20 +103,6 @@ def test_a_module_of_another_abi_version_is_refused(version: int, why: str) -> N
         ShimBackend(WasmTransport(module))
 
 
-@pytest.fixture(scope="module")
-def raw(backend_name: str, synthetic_model: Path) -> Iterator[tuple[ShimBackend, int]]:
-    plugin = load_plugin(backend_name)
-    be = plugin.create()
-    assert isinstance(be, ShimBackend)
-    model = be.load_model(ModelSource.of(synthetic_model), abi.ModelParams.of(LoadOptions()))
-    try:
-        yield be, model
-    finally:
-        be.free_model(model)
-        if plugin.per_model:
-            be.close()
-
-
 def _call(be: ShimBackend, name: str, *args: int | bytes) -> tuple[int, str]:
     """A raw shim call with byte strings placed in the transport's memory: (status, last error)."""
     def run() -> tuple[int, str]:
@@ -134,8 +118,8 @@ def _context_params() -> list[int]:
     return list(abi.CONTEXT_PARAMS.unpack(abi.ContextParams.of(ContextOptions(n_ctx=256, n_threads=1)).pack()))
 
 
-def test_a_newer_host_struct_is_read_when_its_new_fields_are_zero(raw: tuple[ShimBackend, int]) -> None:
-    be, model = raw
+def test_a_newer_host_struct_is_read_when_its_new_fields_are_zero(shim: tuple[ShimBackend, int]) -> None:
+    be, model = shim
     values = _context_params()
     newer = struct.pack(f"<{len(values) + 2}i", abi.CONTEXT_PARAMS.size + 8, *values[1:], 0, 0)
     status, _ = _call(be, "wl_context_new", model, newer)
@@ -143,8 +127,8 @@ def test_a_newer_host_struct_is_read_when_its_new_fields_are_zero(raw: tuple[Shi
     be.free_context(status)
 
 
-def test_a_newer_host_field_this_module_does_not_know_is_refused(raw: tuple[ShimBackend, int]) -> None:
-    be, model = raw
+def test_a_newer_host_field_this_module_does_not_know_is_refused(shim: tuple[ShimBackend, int]) -> None:
+    be, model = shim
     values = _context_params()
     newer = struct.pack(f"<{len(values) + 2}i", abi.CONTEXT_PARAMS.size + 8, *values[1:], 0, 7)
     status, message = _call(be, "wl_context_new", model, newer)
@@ -154,16 +138,16 @@ def test_a_newer_host_field_this_module_does_not_know_is_refused(raw: tuple[Shim
 
 
 @pytest.mark.parametrize("size", [0, 4, abi.CONTEXT_PARAMS.size - 4, abi.CONTEXT_PARAMS.size + 2, 1 << 20])
-def test_a_struct_size_that_is_no_layout_is_refused(raw: tuple[ShimBackend, int], size: int) -> None:
-    be, model = raw
+def test_a_struct_size_that_is_no_layout_is_refused(shim: tuple[ShimBackend, int], size: int) -> None:
+    be, model = shim
     values = _context_params()
     status, message = _call(be, "wl_context_new", model, struct.pack(f"<{len(values)}i", size, *values[1:]))
     assert status == abi.E_ARG
     assert f"wl_context_params: size {size} is no layout of it" in message
 
 
-def test_an_output_struct_is_filled_as_far_as_the_host_has_room(raw: tuple[ShimBackend, int]) -> None:
-    be, model = raw
+def test_an_output_struct_is_filled_as_far_as_the_host_has_room(shim: tuple[ShimBackend, int]) -> None:
+    be, model = shim
     full = be.model_info(model)
     # an older host with room for the first three fields only: those are written, nothing past them
     room = 8 * 4

@@ -26,12 +26,6 @@ TEXTS = [
 ]
 
 
-@pytest.fixture(scope="module")
-def model(backend_name: str, synthetic_model: Path) -> Iterator[wasillama.Model]:
-    with load_model(synthetic_model, backend_name) as m:
-        yield m
-
-
 @pytest.fixture
 def ctx(model: wasillama.Model) -> Iterator[wasillama.Context]:
     with model.new_context(n_ctx=N_CTX) as c:

@@ -3,24 +3,14 @@ sampling and stops, shared prefixes evaluated once, and bad input as clear error
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from pathlib import Path
-
 import pytest
 
 import wasillama
-from helpers import load_model
 
 PROMPTS = [
     "Once upon a time", "The capital of France is", "def fibonacci(n):", "In 1969, astronauts",
     "The best way to learn", "Water boils at", "My favourite colour is", "Roses are red,",
 ]
-
-
-@pytest.fixture(scope="module")
-def model(backend_name: str, synthetic_model: Path) -> Iterator[wasillama.Model]:
-    with load_model(synthetic_model, backend_name) as m:
-        yield m
 
 
 def test_greedy_batch_equals_separate_calls(model: wasillama.Model) -> None:

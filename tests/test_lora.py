@@ -4,7 +4,6 @@ exactly; an adapter for another model, or a damaged one, is a clear error."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -23,12 +22,6 @@ def adapters(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     root = tmp_path_factory.mktemp("lora")
     return (synthetic.write_lora(root / "a.gguf", seed=1, strength=3.0),
             synthetic.write_lora(root / "b.gguf", seed=2, strength=3.0))
-
-
-@pytest.fixture(scope="module")
-def model(backend_name: str, synthetic_model: Path) -> Iterator[wasillama.Model]:
-    with load_model(synthetic_model, backend_name) as m:
-        yield m
 
 
 def _greedy(ctx: wasillama.Context) -> list[int]:

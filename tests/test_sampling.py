@@ -8,24 +8,16 @@ from __future__ import annotations
 import dataclasses
 import re
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
 
 import wasillama
-from helpers import load_model
 from wasillama import InvalidArgumentError
 from wasillama.options import ContextOptions, LoadOptions, Sampling
 
 PROMPT = "Once upon a time, in a small village"
-
-
-@pytest.fixture(scope="module")
-def model(backend_name: str, synthetic_model: Path) -> Iterator[wasillama.Model]:
-    with load_model(synthetic_model, backend_name) as m:
-        yield m
 
 
 @pytest.fixture

@@ -4,30 +4,14 @@ chains in the caller's order (a GBNF grammar among them), and bad input as clear
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from pathlib import Path
-
 import numpy as np
 import pytest
 
-from wasillama.backend import Backend, ModelSource, load_plugin
+from wasillama.backend import Backend
 from wasillama.errors import ClosedError, ContextFullError, InvalidArgumentError
-from wasillama.options import ContextOptions, LoadOptions
+from wasillama.options import ContextOptions
 from wasillama.shim import abi
-from wasillama.shim.abi import ContextParams, ModelParams, SamplerStep
-
-
-@pytest.fixture(scope="module")
-def shim(backend_name: str, synthetic_model: Path) -> Iterator[tuple[Backend, int]]:
-    plugin = load_plugin(backend_name)
-    be = plugin.create()
-    model = be.load_model(ModelSource.of(synthetic_model), ModelParams.of(LoadOptions()))
-    try:
-        yield be, model
-    finally:
-        be.free_model(model)
-        if plugin.per_model:
-            be.close()
+from wasillama.shim.abi import ContextParams, SamplerStep
 
 
 def _context(be: Backend, model: int, **kw: int | bool) -> int:

@@ -4,7 +4,7 @@ of another model, of a smaller context, or damaged ones are clear errors."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -14,12 +14,6 @@ from helpers import load_model
 from wasillama import InvalidArgumentError
 
 PROMPT = "Once upon a time, in a small village"
-
-
-@pytest.fixture(scope="module")
-def model(backend_name: str, synthetic_model: Path) -> Iterator[wasillama.Model]:
-    with load_model(synthetic_model, backend_name) as m:
-        yield m
 
 
 def test_a_restored_state_continues_with_identical_tokens(model: wasillama.Model) -> None:

@@ -8,24 +8,16 @@ import asyncio
 import threading
 import time
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
 
 import wasillama
-from helpers import load_model
 from wasillama import ConcurrentUseError
 
 PROMPT = "Once upon a time, in a small village"
 # ends only when cancelled (or when the context is full)
 LONG: dict[str, Any] = {"max_tokens": 100_000, "temperature": 0, "ignore_eos": True}
-
-
-@pytest.fixture(scope="module")
-def model(backend_name: str, synthetic_model: Path) -> Iterator[wasillama.Model]:
-    with load_model(synthetic_model, backend_name) as m:
-        yield m
 
 
 @pytest.fixture
