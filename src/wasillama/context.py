@@ -522,12 +522,16 @@ class Context:
             raise
         return reused
 
-    def _sync(self, job: _Job, new: list[int], reason: int) -> None:
-        """After a generation step: record which of [pending] + new the cache now holds. By
-        wl_context_generate's contract each written token was sampled after one decode, and an
-        end-of-generation token (not written) after one more; the last written is still pending."""
+    def _record_step(self, seq: int, pending: int, new: list[int], reason: int) -> None:
+        """After a wl_context_generate step of `seq`: record which of [pending] + new the cache
+        now holds. By its contract each written token was sampled after one decode, and an
+        end-of-generation token (not written) after one more; the last written is not decoded."""
         decoded = len(new) + (1 if reason == abi.STOP_EOG else 0)
-        self._cached[job.seq].extend([job.pending, *new][:decoded])
+        self._cached[seq].extend([pending, *new][:decoded])
+
+    def _sync(self, job: _Job, new: list[int], reason: int) -> None:
+        """_record_step for a job; the last token written becomes its pending one."""
+        self._record_step(job.seq, job.pending, new, reason)
         if new:
             job.pending = new[-1]
 
@@ -559,7 +563,6 @@ class Context:
                 self._backend.sampler_accept(job.sampler, np.asarray(job.tokens, dtype=np.int32))
             if job.max_tokens == 0:
                 job.finish = "length"
-        for job in jobs:
             job.t_prompt = t_prompt
         while (active := [j for j in jobs if j.finish is None]) and not cancel.is_set():
             if self._abort_requested:

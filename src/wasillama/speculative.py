@@ -90,8 +90,7 @@ def _rounds(target: Context, draft: Context, job: _Job, n_draft: int, t_sampler:
             d_start = len(draft._cached[0])
             step = db.generate_multi(draft._handle, [0], [d_sampler], [pending], [min(n_draft, room)])
             drafts = step.tokens[0].tolist()
-            decoded = len(drafts) + (1 if step.stops[0] == abi.STOP_EOG else 0)
-            draft._cached[0].extend([pending, *drafts][:decoded])
+            draft._record_step(0, pending, drafts, step.stops[0])
             # the target: pending and every draft in one batch, an output at each
             base = len(target._cached[0])
             batch = np.asarray([pending, *drafts], dtype=np.int32)
@@ -138,6 +137,6 @@ def _rounds(target: Context, draft: Context, job: _Job, n_draft: int, t_sampler:
                 ctx._backend.memory_seq_rm(ctx._handle, 0, len(ctx._cached[0]), -1)
         raise
     finally:
-        with contextlib.suppress(WasillamaError):
-            tb.free_sampler(t_sampler)
-            db.free_sampler(d_sampler)
+        for be, sampler in ((tb, t_sampler), (db, d_sampler)):
+            with contextlib.suppress(WasillamaError):  # a sandbox may be gone already
+                be.free_sampler(sampler)

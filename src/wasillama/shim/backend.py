@@ -447,15 +447,11 @@ class ShimBackend:
             return self._locked(run)
 
     def logits(self, ctx: int, idx: int = -1) -> npt.NDArray[np.float32]:
-        def run() -> npt.NDArray[np.float32]:
-            n_vocab = self._check("wl_context_logits", i32(ctx, "context"), i32(idx, "idx"), 0, 0)  # size query
-            with self._scratch(4 * n_vocab) as out:
-                self._check("wl_context_logits", ctx, idx, out, n_vocab)
-                return np.frombuffer(self._t.read(out, 4 * n_vocab), dtype=np.float32).copy()
-
-        return self._locked(run)
+        return self._floats("wl_context_logits", ctx, idx, "idx")
 
     def _floats(self, name: str, ctx: int, which: int, what: str) -> npt.NDArray[np.float32]:
+        """A call (ctx, which, out, cap) that copies a float vector of an output of the last decode
+        and returns its length: asked for the length first, then copied."""
         def run() -> npt.NDArray[np.float32]:
             n = self._check(name, i32(ctx, "context"), i32(which, what), 0, 0)  # size query
             with self._scratch(4 * n) as out:
