@@ -39,8 +39,6 @@ def main() -> None:
         path = materialize(case, ROOT / ".cache" / "parity")
         with Model.load(path, backend="native", trust_model=True) as model, model.new_context(n_ctx=512) as ctx:
             prompt = case["prompt"]
-            if case.get("chat"):
-                prompt = model.apply_chat_template([{"role": "user", "content": prompt}])
             r = ctx.generate(prompt, max_tokens=case["n_predict"], temperature=0, parse_special=bool(case.get("chat")))
             out["cases"][case["id"]] = {
                 "model_sha256": hashlib.sha256(path.read_bytes()).hexdigest(),

@@ -5,6 +5,7 @@
 // the ABI.
 #include "wasillama.h"
 
+#include "chat.h"
 #include "ggml-backend.h"
 #include "gguf.h"
 #include "json-schema-to-grammar.h"
@@ -73,7 +74,14 @@ struct wl_error : std::runtime_error {
 
 struct Model {
     llama_model * model = nullptr;
-    ~Model() { if (model) llama_model_free(model); }
+    // The model's own chat templates, parsed on first use (wl_chat_apply); calls from several
+    // threads share them under chat_mu.
+    std::mutex chat_mu;
+    std::shared_ptr<common_chat_templates> chat_templates;
+    ~Model() {
+        chat_templates.reset();  // before the vocabulary they were made from
+        if (model) llama_model_free(model);
+    }
     const llama_vocab * vocab() const { return llama_model_get_vocab(model); }
 };
 
@@ -1011,6 +1019,254 @@ WL_EXPORT(wl_model_chat_apply) int32_t wl_model_chat_apply(int32_t model, const 
     });
 }
 
+// ---- chat (llama.cpp's chat code and Jinja engine) ------------------------------------------
+
+}  // extern "C"
+
+namespace {
+
+common_json parse_json_arg(const char * text, int32_t len, const char * what) {
+    require(text != nullptr && len >= 0, "invalid JSON buffer");
+    try {
+        return common_json::parse(std::string(text, (size_t) len));
+    } catch (const std::exception & e) {
+        throw wl_error(WL_E_ARG, std::string(what) + " is not valid JSON: " + e.what());
+    }
+}
+
+// The Jinja parser and renderer recurse per nesting level, of blocks ({% if %} ... {% endif %})
+// and of brackets inside tags: a template nested deeper than real ones ever are is refused before
+// it runs the stack out (a trap in wasm, the end of the process natively). Text outside tags
+// does not count.
+void check_template_depth(const std::string & src) {
+    static const char * const openers[] = {"if", "for", "macro", "call", "filter", "raw", "generation"};
+    int32_t blocks = 0, deepest_blocks = 0, deepest_brackets = 0;
+    for (size_t i = 0; i + 1 < src.size(); i++) {
+        if (src[i] != '{' || (src[i + 1] != '{' && src[i + 1] != '%')) continue;
+        const bool statement = src[i + 1] == '%';
+        const char close = statement ? '%' : '}';
+        size_t j = i + 2;
+        if (j < src.size() && (src[j] == '-' || src[j] == '+')) j++;
+        while (j < src.size() && isspace((unsigned char) src[j])) j++;
+        size_t w = j;
+        while (w < src.size() && (isalnum((unsigned char) src[w]) || src[w] == '_')) w++;
+        const std::string word = src.substr(j, w - j);
+        int32_t brackets = 0;
+        char quote = 0;
+        size_t k = j;
+        for (; k + 1 < src.size(); k++) {
+            const char ch = src[k];
+            if (quote) {
+                if (ch == '\\') k++;
+                else if (ch == quote) quote = 0;
+            } else if (ch == '\'' || ch == '"') {
+                quote = ch;
+            } else if (ch == '(' || ch == '[' || ch == '{') {
+                deepest_brackets = std::max(deepest_brackets, ++brackets);
+            } else if (ch == ')' || ch == ']' || ch == '}') {
+                if (ch == '}' && close == '}' && brackets == 0 && src[k + 1] == '}') break;
+                brackets--;
+            } else if (ch == close && src[k + 1] == '}') {
+                break;
+            }
+        }
+        if (statement) {
+            if (word.rfind("end", 0) == 0) {
+                blocks--;
+            } else if (std::find_if(std::begin(openers), std::end(openers),
+                                    [&](const char * o) { return word == o; }) != std::end(openers) ||
+                       (word == "set" && src.find('=', j) > k)) {  // {% set x %}...{% endset %}
+                deepest_blocks = std::max(deepest_blocks, ++blocks);
+            }
+        }
+        i = k;
+    }
+    if (deepest_blocks > WL_CHAT_TEMPLATE_MAX_DEPTH || deepest_brackets > WL_CHAT_TEMPLATE_MAX_DEPTH) {
+        throw wl_error(WL_E_TEMPLATE, "the chat template nests " + std::to_string(std::max(deepest_blocks, deepest_brackets)) +
+                                          " levels deep; at most " + std::to_string(WL_CHAT_TEMPLATE_MAX_DEPTH) +
+                                          " are accepted");
+    }
+}
+
+std::shared_ptr<common_chat_templates> chat_templates_of(Model & m, const std::string & override_src) {
+    auto make = [&](const std::string & src) {
+        check_template_depth(src.empty() ? llama_model_chat_template(m.model, nullptr) : src);
+        const char * tool_use = src.empty() ? llama_model_chat_template(m.model, "tool_use") : nullptr;
+        if (tool_use) check_template_depth(tool_use);
+        try {
+            return std::shared_ptr<common_chat_templates>(common_chat_templates_init(m.model, src).release(),
+                                                          common_chat_templates_free);
+        } catch (const std::bad_alloc &) {
+            throw;
+        } catch (const std::exception & e) {
+            throw wl_error(WL_E_TEMPLATE, std::string("the chat template does not parse: ") + e.what());
+        }
+    };
+    if (!override_src.empty()) return make(override_src);
+    std::lock_guard<std::mutex> lock(m.chat_mu);
+    if (!m.chat_templates) {
+        if (!llama_model_chat_template(m.model, nullptr)) {
+            throw wl_error(WL_E_TEMPLATE, "the model has no chat template (pass one)");
+        }
+        m.chat_templates = make("");
+    }
+    return m.chat_templates;
+}
+
+// The token a string stands for when it is exactly one (control tokens included), else -1.
+llama_token single_token(const llama_vocab * vocab, const std::string & text) {
+    llama_token tok[2];
+    const int32_t n = llama_tokenize(vocab, text.data(), (int32_t) text.size(), tok, 2, false, true);
+    return n == 1 ? tok[0] : -1;
+}
+
+// What llama-server does with a chat template's result before sampling: triggers of a lazy
+// grammar as regular expressions or single tokens, the preserved tokens as ids, and the tokens
+// of the generation prompt that a (non-lazy) tool-call grammar must see first.
+common_json sampling_of(const llama_vocab * vocab, const common_chat_params & p) {
+    std::vector<llama_token> preserved;
+    for (const auto & t : p.preserved_tokens) {
+        const llama_token id = single_token(vocab, t);
+        if (id >= 0) preserved.push_back(id);
+    }
+    std::vector<std::string> patterns;
+    std::vector<llama_token> trigger_tokens;
+    for (const auto & t : p.grammar_triggers) {
+        switch (t.type) {
+            case COMMON_GRAMMAR_TRIGGER_TYPE_WORD: {
+                const llama_token id = single_token(vocab, t.value);
+                if (id >= 0 && std::find(preserved.begin(), preserved.end(), id) != preserved.end()) {
+                    trigger_tokens.push_back(id);
+                } else {
+                    patterns.push_back(regex_escape(t.value));
+                }
+                break;
+            }
+            case COMMON_GRAMMAR_TRIGGER_TYPE_PATTERN: patterns.push_back(t.value); break;
+            case COMMON_GRAMMAR_TRIGGER_TYPE_PATTERN_FULL: {
+                const std::string & v = t.value;
+                patterns.push_back(v.empty() ? "^$" : (v.front() != '^' ? "^" : "") + v + (v.back() != '$' ? "$" : ""));
+                break;
+            }
+            case COMMON_GRAMMAR_TRIGGER_TYPE_TOKEN: trigger_tokens.push_back(t.token); break;
+        }
+    }
+    if (p.grammar_lazy && !p.grammar.empty() && patterns.empty() && trigger_tokens.empty()) {
+        throw wl_error(WL_E_TEMPLATE, "the chat template's lazy grammar has no trigger");
+    }
+    std::vector<llama_token> prefill;
+    if (!p.grammar.empty() && !p.grammar_lazy && !p.generation_prompt.empty()) {
+        const std::string & gp = p.generation_prompt;
+        const std::vector<llama_token> toks = common_tokenize(vocab, gp, false, true);
+        for (size_t i = 0; i < toks.size(); i++) {
+            // some tokenizers put a space before the first control token (as common/sampling.cpp)
+            const std::string piece = common_token_to_piece(vocab, toks[i], true);
+            if (i == 0 && !piece.empty() && isspace((unsigned char) piece[0]) && !isspace((unsigned char) gp[0])) continue;
+            prefill.push_back(toks[i]);
+        }
+    }
+    return {
+        {"grammar", p.grammar},
+        {"grammar_lazy", p.grammar_lazy},
+        {"trigger_patterns", patterns},
+        {"trigger_tokens", trigger_tokens},
+        {"grammar_prefill", prefill},
+        {"preserved_tokens", preserved},
+    };
+}
+
+}  // namespace
+
+extern "C" {
+
+WL_EXPORT(wl_chat_apply) int32_t wl_chat_apply(int32_t model, const char * request, int32_t len, char * buf,
+                                               int32_t cap) {
+    return guarded([&] {
+        require(cap >= 0 && (buf || cap == 0), "invalid output buffer");
+        auto m = lookup(reg().models, model, "model");
+        const common_json req = parse_json_arg(request, len, "the chat request");
+        require(req.is_object(), "the chat request must be a JSON object");
+        common_chat_templates_inputs in;
+        std::string override_src;
+        try {
+            override_src = req.value("template", std::string());
+            in.messages = common_chat_msgs_parse_oaicompat(req.at("messages"));
+            if (req.contains("tools")) in.tools = common_chat_tools_parse_oaicompat(req.at("tools"));
+            in.tool_choice = common_chat_tool_choice_parse_oaicompat(req.value("tool_choice", std::string("auto")));
+            in.parallel_tool_calls = req.value("parallel_tool_calls", false);
+            in.add_generation_prompt = req.value("add_generation_prompt", true);
+            in.enable_thinking = req.value("enable_thinking", true);
+            in.reasoning_format = COMMON_REASONING_FORMAT_DEEPSEEK;  // llama-server's default
+            if (req.contains("template_kwargs")) {
+                for (const auto & kv : req.at("template_kwargs").items()) in.chat_template_kwargs[kv.key()] = kv.value().dump();
+            }
+            if (req.contains("now")) {
+                in.now = std::chrono::system_clock::time_point(
+                    std::chrono::duration_cast<std::chrono::system_clock::duration>(
+                        std::chrono::duration<double>(req.at("now").get<double>())));
+            }
+        } catch (const wl_error &) {
+            throw;
+        } catch (const std::bad_alloc &) {
+            throw;
+        } catch (const std::exception & e) {
+            throw wl_error(WL_E_ARG, std::string("invalid chat request: ") + e.what());
+        }
+        auto tmpls = chat_templates_of(*m, override_src);
+        common_chat_params out;
+        try {
+            out = common_chat_templates_apply(tmpls.get(), in);
+        } catch (const std::bad_alloc &) {
+            throw;
+        } catch (const std::exception & e) {
+            throw wl_error(WL_E_TEMPLATE, std::string("the chat template failed: ") + e.what());
+        }
+        common_json result = sampling_of(m->vocab(), out);
+        result["prompt"] = out.prompt;
+        result["stops"] = out.additional_stops;
+        result["format"] = common_chat_format_name(out.format);
+        result["parser"] = common_json{
+            {"format", (int) out.format},
+            {"generation_prompt", out.generation_prompt},
+            {"peg", out.parser},
+        }.dump();
+        return copy_out(result.dump(), buf, cap);
+    });
+}
+
+WL_EXPORT(wl_chat_parse) int32_t wl_chat_parse(const char * parser, int32_t parser_len, const char * text, int32_t len,
+                                               int32_t partial, char * buf, int32_t cap) {
+    return guarded([&] {
+        require(cap >= 0 && (buf || cap == 0) && len >= 0 && (text || len == 0), "invalid buffers");
+        const common_json p = parse_json_arg(parser, parser_len, "the parser");
+        common_chat_parser_params params;
+        try {
+            const int format = p.at("format").get<int>();
+            require(format >= 0 && format < COMMON_CHAT_FORMAT_COUNT, "unknown chat format");
+            params.format = (common_chat_format) format;
+            params.generation_prompt = p.at("generation_prompt").get<std::string>();
+            params.reasoning_format = COMMON_REASONING_FORMAT_DEEPSEEK;
+            const std::string peg = p.at("peg").get<std::string>();
+            if (!peg.empty()) params.parser.load(peg);
+        } catch (const wl_error &) {
+            throw;
+        } catch (const std::bad_alloc &) {
+            throw;
+        } catch (const std::exception & e) {
+            throw wl_error(WL_E_ARG, std::string("invalid parser: ") + e.what());
+        }
+        common_chat_msg msg;
+        try {
+            msg = common_chat_parse(std::string(text ? text : "", (size_t) len), partial != 0, params);
+        } catch (const std::bad_alloc &) {
+            throw;
+        } catch (const std::exception & e) {
+            throw wl_error(WL_E_TEMPLATE, e.what());
+        }
+        return copy_out(msg.to_json_oaicompat().dump(), buf, cap);
+    });
+}
+
 // ---- contexts --------------------------------------------------------------------------------
 
 WL_EXPORT(wl_context_new) int32_t wl_context_new(int32_t model, const wl_context_params * raw) {
@@ -1376,24 +1632,50 @@ WL_EXPORT(wl_sampler_chain_add) int32_t wl_sampler_chain_add(int32_t sampler, in
                 x = llama_sampler_init_logit_bias(n_vocab, ni, bias.data());
                 break;
             }
-            case WL_SAMPLER_GRAMMAR: {
-                need(0, 0);  // text: the GBNF grammar, NUL, the root rule
+            case WL_SAMPLER_GRAMMAR:
+            case WL_SAMPLER_GRAMMAR_LAZY: {
+                // text: the GBNF grammar, NUL, the root rule[, NUL, a trigger pattern]... (lazy only)
+                require(nf == 0, "a grammar takes no floats");
                 require(s->grammar == nullptr, "a sampler chain takes one grammar");
-                const size_t nul = str.find('\0');
-                const std::string grammar = str.substr(0, nul);
-                const std::string root = nul == std::string::npos ? "root" : str.substr(nul + 1);
+                std::vector<std::string> parts;
+                for (size_t a = 0;;) {
+                    const size_t b = str.find('\0', a);
+                    parts.push_back(str.substr(a, b == std::string::npos ? std::string::npos : b - a));
+                    if (b == std::string::npos) break;
+                    a = b + 1;
+                }
+                const std::string & grammar = parts[0];
+                const std::string root = parts.size() > 1 && !parts[1].empty() ? parts[1] : "root";
+                for (int32_t k = 0; k < ni; k++) require(iv[k] >= 0 && iv[k] < n_vocab, "grammar: token id out of range");
                 t_last_log_error.clear();
-                x = llama_sampler_init_grammar(vocab, grammar.c_str(), root.c_str());
+                if (type == WL_SAMPLER_GRAMMAR) {
+                    require(parts.size() <= 2, "a grammar takes no trigger patterns (WL_SAMPLER_GRAMMAR_LAZY does)");
+                    x = llama_sampler_init_grammar(vocab, grammar.c_str(), root.c_str());
+                } else {
+                    std::vector<const char *> patterns;
+                    for (size_t k = 2; k < parts.size(); k++) patterns.push_back(parts[k].c_str());
+                    require(!patterns.empty() || ni > 0, "a lazy grammar needs a trigger pattern or token");
+                    x = llama_sampler_init_grammar_lazy_patterns(vocab, grammar.c_str(), root.c_str(), patterns.data(),
+                                                                 patterns.size(), iv, (size_t) ni);
+                }
                 if (!x) {
                     throw wl_error(WL_E_ARG, "the grammar does not parse" +
                                                  (t_last_log_error.empty() ? std::string() : ": " + t_last_log_error));
+                }
+                if (type == WL_SAMPLER_GRAMMAR) {
+                    try {  // the tokens the grammar has already seen (a generation prompt it covers)
+                        for (int32_t k = 0; k < ni; k++) llama_sampler_accept(x, iv[k]);
+                    } catch (const std::exception & e) {
+                        llama_sampler_free(x);
+                        throw wl_error(WL_E_ARG, std::string("the grammar does not accept its prefill: ") + e.what());
+                    }
                 }
                 break;
             }
             default: throw wl_error(WL_E_ARG, "unknown sampler type " + std::to_string(type));
         }
         if (!x) throw wl_error(WL_E_INTERNAL, "llama.cpp could not make sampler type " + std::to_string(type));
-        if (type == WL_SAMPLER_GRAMMAR) {
+        if (type == WL_SAMPLER_GRAMMAR || type == WL_SAMPLER_GRAMMAR_LAZY) {
             s->grammar = x;
         } else {
             llama_sampler_chain_add(s->chain, x);

@@ -30,7 +30,7 @@ extern "C" {
  * major M and minor >= m, and refuses any other, naming both versions. (2.0 was never released:
  * its structs had reserved space instead of a size; 2.1 is the first layout below.) */
 #define WL_ABI_VERSION 2
-#define WL_ABI_MINOR   2
+#define WL_ABI_MINOR   3
 
 /* Sized structs. Every struct begins with `size` (int32_t, or int64_t in a struct of int64_t
  * fields, so there is no padding): the struct's size as its writer knows it. Structs only grow at
@@ -84,7 +84,13 @@ extern "C" {
 #define WL_SAMPLER_MIROSTAT   12  /* (tau, eta; seed, m;) */
 #define WL_SAMPLER_MIROSTAT_V2 13 /* (tau, eta; seed;) */
 #define WL_SAMPLER_LOGIT_BIAS 14  /* (bias per token; token ids;) */
-#define WL_SAMPLER_GRAMMAR    15  /* (;; GBNF grammar, NUL, root rule) */
+#define WL_SAMPLER_GRAMMAR    15  /* (; prefill; GBNF grammar, NUL, root rule): prefill (since 2.3) are
+                                     tokens the grammar accepts before sampling (a generation
+                                     prompt a chat template's grammar covers) */
+#define WL_SAMPLER_GRAMMAR_LAZY 16 /* (; trigger tokens; GBNF grammar, NUL, root rule, then NUL and a
+                                     trigger pattern for each): unconstrained until a trigger token
+                                     is sampled or the text matches a pattern (a regular
+                                     expression), then the grammar from there on. Since 2.3. */
 
 typedef struct wl_model_params {
     int32_t size;           /* sizeof(wl_model_params) as the host knows it */
@@ -174,7 +180,8 @@ int32_t wl_model_meta_value(int32_t model, int32_t i, char * buf, int32_t cap);
 int32_t wl_model_desc(int32_t model, char * buf, int32_t cap);
 /* The model's chat template (name NULL or "" = default); WL_E_TEMPLATE when it has none. */
 int32_t wl_model_chat_template(int32_t model, const char * name, char * buf, int32_t cap);
-/* Render messages with a chat template (tmpl NULL = the model's default).
+/* Render messages with one of llama.cpp's built-in templates (tmpl NULL = the model's default),
+ * without Jinja; superseded by wl_chat_apply.
  * `packed` holds n_msg (role, content) pairs as consecutive NUL-terminated strings. */
 int32_t wl_model_chat_apply(int32_t model, const char * tmpl, const char * packed, int32_t packed_len,
                             int32_t n_msg, int32_t add_assistant, char * buf, int32_t cap);
@@ -198,6 +205,32 @@ int32_t wl_context_set_loras(int32_t ctx, const int32_t * loras, const float * s
  * WL_JSON_SCHEMA_MAX_DEPTH is WL_E_ARG with the converter's message. Since 2.2. */
 #define WL_JSON_SCHEMA_MAX_DEPTH 64
 int32_t wl_json_schema_to_grammar(const char * schema, int32_t len, char * buf, int32_t cap);
+
+/* ---- chat (since 2.3) ------------------------------------------------------------------------
+ * llama.cpp's chat code (common/chat.cpp, its Jinja engine and tool-call formats), as llama-server
+ * uses it. wl_chat_apply renders a request with the model's template (parsed once per model) or
+ * an override, and returns as JSON what generating and reading the reply need. Request (UTF-8
+ * JSON object): "messages" (OpenAI chat messages: role, content, tool_calls, tool_call_id, name,
+ * reasoning_content), and optionally "tools" (OpenAI function tools), "tool_choice" ("auto",
+ * "required", "none"), "parallel_tool_calls" (false), "add_generation_prompt" (true),
+ * "enable_thinking" (true), "template" (Jinja source to use instead of the model's),
+ * "template_kwargs" (an object of extra template variables), "now" (Unix seconds: the date
+ * templates print; default the guest's clock). Result: {"prompt", "stops" (strings that end the
+ * reply), "grammar" ("" = none), "grammar_lazy", "trigger_patterns", "trigger_tokens",
+ * "grammar_prefill" (for WL_SAMPLER_GRAMMAR_LAZY / WL_SAMPLER_GRAMMAR), "preserved_tokens" (ids
+ * of control tokens the reply's text must render: WL_TOK_PARSE_SPECIAL), "format" (the tool-call
+ * format's name), "parser" (an opaque string for wl_chat_parse)}. A malformed request is
+ * WL_E_ARG; no template, one that does not parse or fails to render, or one whose blocks or
+ * brackets (inside tags) nest deeper than WL_CHAT_TEMPLATE_MAX_DEPTH, WL_E_TEMPLATE. */
+#define WL_CHAT_TEMPLATE_MAX_DEPTH 64
+int32_t wl_chat_apply(int32_t model, const char * request, int32_t len, char * buf, int32_t cap);
+/* Reads generated text back into an assistant message, OpenAI JSON: {"role", "content",
+ * "reasoning_content"?, "tool_calls"?: [{"type": "function", "id"?, "function": {"name",
+ * "arguments" (JSON text)}}]}. parser: the "parser" of wl_chat_apply's result; partial = 1 while
+ * the text may still grow (streaming). Complete text that does not match the format is
+ * WL_E_TEMPLATE. */
+int32_t wl_chat_parse(const char * parser, int32_t parser_len, const char * text, int32_t len, int32_t partial,
+                      char * buf, int32_t cap);
 
 /* ---- vocabulary (of a model; thread-safe) --------------------------------------------------- */
 int32_t wl_vocab_tokenize(int32_t model, const char * text, int32_t len, int32_t flags,

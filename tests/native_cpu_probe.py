@@ -22,8 +22,6 @@ def greedy(case: dict[str, Any], model_path: str, backend: str) -> list[int]:
     with (Model.load(model_path, backend=backend, trust_model=True) as model,  # type: ignore[arg-type]
           model.new_context(n_ctx=512) as ctx):
         prompt = case["prompt"]
-        if case.get("chat"):
-            prompt = model.apply_chat_template([{"role": "user", "content": prompt}])
         return ctx.generate(prompt, max_tokens=case["n_predict"], temperature=0,
                             parse_special=bool(case.get("chat"))).tokens
 

@@ -14,9 +14,19 @@ import synthetic
 # noise (~1e-7); over a deep quantized model that noise grows to a few 1e-2 of the logits
 # (docs/parity.md), so a long generation can take the other branch of a near-tie. These cases
 # have no near-tie in their first 64 tokens; NEAR_TIE_PROMPTS covers the general case.
+# NEAR_TIE_PROMPTS go through the chat template with this system message (the CLI's default):
+# without one, SmolLM2's template adds its own, which leads this 135M model into rambling French.
+CHAT_SYSTEM = "You are a helpful assistant."
+
+
+def chat_messages(prompt: str) -> list[dict[str, str]]:
+    return [{"role": "system", "content": CHAT_SYSTEM}, {"role": "user", "content": prompt}]
+
+
 CASES: list[dict[str, Any]] = [
-    {"id": "smollm2-chat", "model": "smollm2", "chat": True, "prompt": "How do plants make their food?",
-     "n_predict": 64},
+    # a chat turn as ChatML text ("chat": control tokens parsed), independent of template rendering
+    {"id": "smollm2-chat", "model": "smollm2", "chat": True,
+     "prompt": "<|im_start|>user\nHow do plants make their food?<|im_end|>\n<|im_start|>assistant\n", "n_predict": 64},
     {"id": "synthetic-f16", "model": {"seed": 1234, "n_layer": 2, "n_embd": 128, "qtype": "f16"},
      "prompt": "Once upon a time, in a land far away,", "n_predict": 64},
 ]

@@ -13,7 +13,7 @@ from __future__ import annotations
 import functools
 import struct
 import subprocess
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -335,19 +335,29 @@ def truncate_layers(src: str | Path, dst: str | Path, layers: int | Sequence[int
     """A copy of a GGUF decoder with fewer blocks (a draft model for speculative decoding that
     shares the vocabulary and the embeddings): its first `layers` blocks, or the blocks listed
     (renumbered in order); every other tensor and field as is, <arch>.block_count to match."""
+    return copy_gguf(src, dst, layers=layers)
+
+
+def copy_gguf(src: str | Path, dst: str | Path, *, layers: int | Sequence[int] | None = None,
+              strings: Mapping[str, str] | None = None) -> Path:
+    """A copy of a GGUF decoder: with only some of its blocks (see truncate_layers), and/or with
+    string fields set to `strings` (e.g. another tokenizer.chat_template)."""
     g = _require_gguf()
-    keep = list(range(layers)) if isinstance(layers, int) else list(layers)
-    index = {old: new for new, old in enumerate(keep)}
-    n_layer = len(keep)
     reader = g.GGUFReader(str(src))
     arch = reader.fields["general.architecture"].contents()
+    n_blocks = int(reader.fields[f"{arch}.block_count"].contents())
+    keep = list(range(n_blocks)) if layers is None else list(range(layers)) if isinstance(layers, int) else list(layers)
+    index = {old: new for new, old in enumerate(keep)}
+    strings = dict(strings or {})
     writer = g.GGUFWriter(str(dst), arch)
     for name, field in reader.fields.items():
-        if name.startswith("GGUF.") or name == "general.architecture":
+        if name.startswith("GGUF.") or name == "general.architecture" or name in strings:
             continue
-        value = n_layer if name == f"{arch}.block_count" else field.contents()
+        value = len(keep) if name == f"{arch}.block_count" else field.contents()
         vtype = field.types[0]
         writer.add_key_value(name, value, vtype, sub_type=field.types[-1] if vtype == g.GGUFValueType.ARRAY else None)
+    for name, text in strings.items():
+        writer.add_string(name, text)
     for t in reader.tensors:
         name = t.name
         if name.startswith("blk."):
@@ -362,7 +372,6 @@ def truncate_layers(src: str | Path, dst: str | Path, layers: int | Sequence[int
     writer.write_tensors_to_file()
     writer.close()
     return Path(dst)
-
 
 
 def write_lora(path: str | Path, *, n_layer: int = 2, n_embd: int = 128, n_ff: int = 256, rank: int = 8,

@@ -8,7 +8,7 @@ from click.testing import CliRunner
 
 from helpers import native_available
 from wasillama import Model
-from wasillama.cli import main
+from wasillama.cli import DEFAULT_SYSTEM, main
 
 
 def test_run_raw_matches_the_api(synthetic_model: Path) -> None:
@@ -34,11 +34,14 @@ def test_chat_keeps_the_conversation(smollm2_path: Path) -> None:
     assert result.exit_code == 0, result.output
     first, second = result.output.rstrip("\n").split("\n")
     # The second answer is the one the whole history gives, not the second question alone.
-    history = [{"role": "user", "content": "My name is Ada."}, {"role": "assistant", "content": first},
+    history = [{"role": "system", "content": DEFAULT_SYSTEM},
+               {"role": "user", "content": "My name is Ada."}, {"role": "assistant", "content": first},
                {"role": "user", "content": "What is my name?"}]
     with Model.load(smollm2_path) as model, model.new_context() as ctx:
+        # turn by turn as the CLI goes (the second reuses the first's cache: the same arithmetic)
+        assert ctx.chat(history[:2], max_tokens=24, temperature=0).text == first
         assert ctx.chat(history, max_tokens=24, temperature=0).text == second
-        alone = ctx.chat(history[2:], max_tokens=24, temperature=0).text
+        alone = ctx.chat([history[0], history[3]], max_tokens=24, temperature=0).text
     assert alone != second
 
 

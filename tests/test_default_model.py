@@ -25,7 +25,9 @@ def test_facts(smollm2: wasillama.Model) -> None:
 
 
 def test_chat_answers(smollm2: wasillama.Model) -> None:
-    messages = [{"role": "user", "content": "What is the capital of France?"}]
+    # with a system message: the template's own default system prompt leads this 135M model astray
+    messages = [{"role": "system", "content": "You are a helpful assistant."},
+                {"role": "user", "content": "What is the capital of France?"}]
     prompt = smollm2.apply_chat_template(messages)
     assert prompt.startswith("<|im_start|>") and prompt.endswith("<|im_start|>assistant\n")
     im_start = smollm2.tokenize("<|im_start|>", add_special=False, parse_special=True)

@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 
 from helpers import native_available, native_case_in_child
-from parity_cases import CASES, NEAR_TIE_LOGITS, NEAR_TIE_PROMPTS, materialize
+from parity_cases import CASES, NEAR_TIE_LOGITS, NEAR_TIE_PROMPTS, chat_messages, materialize
 from wasillama import Model
 
 _REFERENCE_FILE = json.loads((Path(__file__).parent / "data" / "native_reference.json").read_text())
@@ -29,8 +29,6 @@ REFERENCE_VARIANT: str = _REFERENCE_FILE["cpu_variant"]
 def _greedy(path: Path, case: dict[str, Any], backend: str) -> list[int]:
     with Model.load(path, backend=backend, trust_model=True) as model, model.new_context(n_ctx=512) as ctx:  # type: ignore[arg-type]
         prompt = case["prompt"]
-        if case.get("chat"):
-            prompt = model.apply_chat_template([{"role": "user", "content": prompt}])
         special = bool(case.get("chat"))
         return ctx.generate(prompt, max_tokens=case["n_predict"], temperature=0, parse_special=special).tokens
 
@@ -72,7 +70,7 @@ def test_smollm2_greedy_parts_only_at_near_ties(smollm2_path: Path) -> None:
     for backend in ("wasm", "native"):
         with Model.load(smollm2_path, backend=backend, trust_model=True) as model, \
                 model.new_context(n_ctx=512) as ctx:
-            outputs[backend] = [ctx.chat([{"role": "user", "content": p}], max_tokens=64, temperature=0).tokens
+            outputs[backend] = [ctx.chat(chat_messages(p), max_tokens=64, temperature=0).tokens
                                 for p in NEAR_TIE_PROMPTS]
     identical = 0
     with Model.load(smollm2_path, backend="native", trust_model=True) as model, model.new_context(n_ctx=512) as ctx:
@@ -82,7 +80,7 @@ def test_smollm2_greedy_parts_only_at_near_ties(smollm2_path: Path) -> None:
                 assert len(w) == len(n)
                 identical += 1
                 continue
-            chat = model.apply_chat_template([{"role": "user", "content": prompt}])
+            chat = model.apply_chat_template(chat_messages(prompt))
             ctx.eval(model.tokenize(chat, parse_special=True) + n[:k])
             logits = ctx.logits()
             gap = float(logits[n[k]] - logits[w[k]])

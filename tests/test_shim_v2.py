@@ -4,6 +4,8 @@ chains in the caller's order (a GBNF grammar among them), and bad input as clear
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 
@@ -123,6 +125,46 @@ def test_sampler_chains_in_the_callers_order(shim: tuple[Backend, int]) -> None:
             be.free_sampler(h)
     finally:
         be.free_context(ctx)
+
+
+def _literal(text: str) -> bytes:
+    return json.dumps(text).encode()  # a JSON string is a GBNF string literal
+
+
+def test_grammar_prefill_and_lazy_triggers(shim: tuple[Backend, int]) -> None:
+    """A grammar that has already seen some tokens (a chat template's generation prompt), and a
+    lazy one: unconstrained until its trigger token, then held to the grammar (which begins with
+    the trigger, as llama.cpp's lazy grammars do)."""
+    be, model = shim
+    ctx = _context(be, model)
+    try:
+        be.decode(ctx, be.tokenize(model, b"Answer:", True, False))
+        best = int(np.argmax(be.logits(ctx, -1)))
+        yes_no = b' ("yes" | "no")\0root'
+        prefill = [int(t) for t in be.tokenize(model, b"Say", False, False)]
+        said = b"".join(be.token_piece(model, t, False) for t in prefill).decode()
+        strict = _chain(be, model, [SamplerStep(abi.SAMPLER_GRAMMAR, (), tuple(prefill), b"root ::= " + _literal(said)
+                                                + yes_no), SamplerStep(abi.SAMPLER_GREEDY)])
+        piece = be.token_piece(model, be.sampler_sample(strict, ctx, -1), False).decode()
+        assert piece and ("yes".startswith(piece) or "no".startswith(piece)), piece
+        with pytest.raises(InvalidArgumentError, match="does not accept its prefill"):
+            _chain(be, model, [SamplerStep(abi.SAMPLER_GRAMMAR, (), tuple(prefill), b'root ::= "x"\0root')])
+
+        trigger = be.token_piece(model, best, False).decode()
+        lazy = _chain(be, model, [SamplerStep(abi.SAMPLER_GRAMMAR_LAZY, (), (best,), b"root ::= " + _literal(trigger)
+                                              + yes_no), SamplerStep(abi.SAMPLER_GREEDY)])
+        assert be.sampler_sample(lazy, ctx, -1) == best  # free so far: the greedy token, the trigger
+        be.decode(ctx, np.asarray([best], dtype=np.int32))
+        piece = be.token_piece(model, be.sampler_sample(lazy, ctx, -1), False).decode()
+        assert piece and ("yes".startswith(piece) or "no".startswith(piece)), piece
+        for h in (strict, lazy):
+            be.free_sampler(h)
+    finally:
+        be.free_context(ctx)
+    with pytest.raises(InvalidArgumentError, match="needs a trigger"):
+        _chain(be, model, [SamplerStep(abi.SAMPLER_GRAMMAR_LAZY, (), (), b'root ::= "x"\0root')])
+    with pytest.raises(InvalidArgumentError, match="takes no trigger patterns"):
+        _chain(be, model, [SamplerStep(abi.SAMPLER_GRAMMAR, (), (), b'root ::= "x"\0root\0x')])
 
 
 def test_bad_sampler_steps_are_clear_errors(shim: tuple[Backend, int]) -> None:

@@ -125,18 +125,23 @@ done
 "$CC" ${common[@]} "${eh_flags[@]}" -std=c11 -c "$zlib/libunwind/src/Unwind-wasm.c" -o "$obj/Unwind-wasm.o"
 "$CC" ${common[@]} -c "$here/runtime/cpp_exception_tag.S" -o "$obj/cpp_exception_tag.o"
 "$CXX" ${common[@]} -std=c++17 -c "$here/runtime/operator_new.cpp" -o "$obj/operator_new.o"
-shim_inc=(-I "$src/include" -I "$src/ggml/include" -I "$src/common" -I "$src/vendor")
+# llama.cpp's headers as system headers: the shim is built with -Werror, and common/'s headers
+# (the Jinja engine's) warn about their own unused static functions.
+shim_inc=(-isystem "$src/include" -isystem "$src/ggml/include" -isystem "$src/common" -isystem "$src/vendor")
 "$CXX" ${common[@]} -std=c++17 -include "$here/compat/wasi_compat.h" "${shim_inc[@]}" \
     -DWL_LLAMA_CPP_COMMIT="\"$(cat "$here/LLAMA_CPP_COMMIT")\"" \
     -Wall -Wextra -Werror -c "$root/shim/wasillama.cpp" -o "$obj/wasillama.o"
 # the files of llama.cpp's common/ the shim uses (one list for both builds)
 "$CXX" ${common[@]} -std=c++17 -include "$here/compat/wasi_compat.h" "${shim_inc[@]}" \
     -c "$root/shim/common_support.cpp" -o "$obj/common_support.o"
-grep -v '^#' "$root/shim/common_sources.txt" | while read -r f; do
-    [ -n "$f" ] || continue
+pids=()
+while read -r f; do
     "$CXX" ${common[@]} -std=c++17 -include "$here/compat/wasi_compat.h" "${shim_inc[@]}" \
-        -c "$src/common/$f" -o "$obj/common-${f%.cpp}.o"
-done
+        -c "$src/common/$f" -o "$obj/common-$(echo "${f%.cpp}" | tr / -).o" &
+    pids+=($!)
+    while [ "$(jobs -rp | wc -l)" -ge "$jobs" ]; do sleep 0.2; done
+done < <(grep -v -e '^#' -e '^$' "$root/shim/common_sources.txt")
+for pid in "${pids[@]}"; do wait "$pid" || { log "compiling llama.cpp's common/ failed"; exit 1; }; done
 
 # ---- link ------------------------------------------------------------------------------------
 log "linking"

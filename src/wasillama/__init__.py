@@ -7,6 +7,7 @@
 
 import logging
 
+from .chat import ChatMessage, ChatPrompt, ToolCall
 from .context import Context
 from .embedder import embed
 from .errors import (
@@ -28,7 +29,7 @@ from .errors import (
 )
 from .lora import Lora
 from .model import Model
-from .options import ContextOptions, LoadOptions, Sampling
+from .options import ChatOptions, ContextOptions, LoadOptions, Sampling
 from .results import GenerationResult, Timings, TokenLogprob, TopLogprob
 from .shim.abi import ModelInfo
 from .streams import AsyncTextStream, BatchStream, TextStream
@@ -39,10 +40,10 @@ __version__ = "0.1.0"
 logging.getLogger("wasillama").addHandler(logging.NullHandler())
 
 __all__ = [
-    "AbortedError", "AsyncTextStream", "BackendError", "BackendUnavailableError", "ChatTemplateError", "ClosedError",
-    "BatchStream", "ConcurrentUseError", "Context", "ContextFullError", "ContextOptions", "DecodeError",
-    "GenerationResult", "InvalidArgumentError", "LoadOptions", "Lora", "Model",
-    "ModelInfo", "ModelLoadError", "ModelNotFoundError", "ModelTooLargeError", "OutOfMemoryError",
-    "Sampling", "TextStream", "Timings", "TokenLogprob", "TopLogprob", "UnsupportedOptionError", "WasillamaError",
-    "__version__", "embed",
+    "AbortedError", "AsyncTextStream", "BackendError", "BackendUnavailableError", "BatchStream", "ChatMessage",
+    "ChatOptions", "ChatPrompt", "ChatTemplateError", "ClosedError", "ConcurrentUseError", "Context",
+    "ContextFullError", "ContextOptions", "DecodeError", "GenerationResult", "InvalidArgumentError", "LoadOptions",
+    "Lora", "Model", "ModelInfo", "ModelLoadError", "ModelNotFoundError", "ModelTooLargeError", "OutOfMemoryError",
+    "Sampling", "TextStream", "Timings", "TokenLogprob", "ToolCall", "TopLogprob", "UnsupportedOptionError",
+    "WasillamaError", "__version__", "embed",
 ]

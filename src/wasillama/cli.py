@@ -125,10 +125,16 @@ def main() -> None:
     """llama.cpp in a WebAssembly sandbox."""
 
 
+# A plain system message unless told otherwise: a template's own default can be a poor fit (the
+# default model's names itself and then, at 135M parameters, often answers in French).
+DEFAULT_SYSTEM = "You are a helpful assistant."
+
+
 @main.command()
 @click.option("-p", "--prompt", required=True, help="The prompt.")
 @click.option("--raw", is_flag=True, help="Complete the prompt as plain text instead of as a chat message.")
-@click.option("--system", default=None, help="System message (chat mode).")
+@click.option("--system", default=DEFAULT_SYSTEM, show_default=True,
+              help="System message (chat mode); '' leaves it to the chat template.")
 @click.option("--timings", is_flag=True, help="Print prompt and generation speed to stderr.")
 @model_options
 @sampling_options
@@ -153,7 +159,8 @@ def run(prompt: str, raw: bool, system: str | None, timings: bool, model_path: s
 
 
 @main.command()
-@click.option("--system", default=None, help="System message.")
+@click.option("--system", default=DEFAULT_SYSTEM, show_default=True,
+              help="System message; '' leaves it to the chat template.")
 @model_options
 @sampling_options
 def chat(system: str | None, model_path: str | None, backend: str, gpu_layers: int, trust_model: bool,

@@ -31,6 +31,7 @@ import numpy as np
 
 from . import speculative, state
 from .backend import Generated
+from .chat import ChatPrompt, Message
 from .embedding import embed_texts
 from .errors import (
     AbortedError,
@@ -41,7 +42,7 @@ from .errors import (
     UnsupportedOptionError,
     WasillamaError,
 )
-from .options import MAX_TOKENS, Sampling, resolve
+from .options import MAX_TOKENS, ChatOptions, Sampling, names, resolve
 from .results import FinishReason, GenerationResult, Timings, TokenLogprob, TopLogprob
 from .shim import abi
 from .shim.abi import ContextParams, SamplerStep
@@ -51,8 +52,6 @@ from .text import TextAssembler
 if TYPE_CHECKING:
     from .lora import Lora
     from .model import Model
-
-Message = Mapping[str, str]
 
 # Tokens one sandbox call generates per sequence when nobody waits for each piece (generate,
 # generate_batch); streams take one per call so that each piece arrives as soon as it exists.
@@ -354,11 +353,11 @@ class Context:
         assert stream.result is not None
         return stream.result
 
-    async def achat(self, messages: Sequence[Message], *, template: str | None = None,
+    async def achat(self, messages: Sequence[Message], *, chat: ChatOptions | None = None,
                     **options: Any) -> GenerationResult:
-        """chat() for asyncio."""
-        prompt = self._model.apply_chat_template(messages, template=template)
-        return await self.agenerate(prompt, parse_special=True, **options)
+        """chat() for asyncio (same arguments); cancelling the task cancels the run."""
+        prompt, options = self._chat_options(messages, chat, options)
+        return await self.agenerate(prompt, **options)
 
     def _text_stream(self, prompt: str | Sequence[int], chunk: int, options: Mapping[str, Any]) -> TextStream:
         job = self._job(0, prompt, **options)
@@ -400,14 +399,32 @@ class Context:
         cancel = threading.Event()
         return BatchStream(self._run(self._jobs(prompts, options), chunk, cancel), self._canceller(cancel))
 
-    def chat(self, messages: Sequence[Message], *, template: str | None = None, **kwargs: Any) -> GenerationResult:
-        """Answer a conversation, rendered with the model's own chat template (inside the backend)."""
-        prompt = self._model.apply_chat_template(messages, template=template)
-        return self.generate(prompt, parse_special=True, **kwargs)
+    def chat(self, messages: Sequence[Message], *, chat: ChatOptions | None = None, **options: Any) -> GenerationResult:
+        """Answer a conversation: messages ({"role", "content"}, OpenAI's form; with tools also
+        "tool_calls" and "tool_call_id"; or ChatMessages) rendered by the model's chat template
+        inside the backend (llama.cpp's chat code and Jinja engine). `chat` is a ChatOptions
+        (template override, tools, tool_choice, ...); keyword arguments named like its fields
+        override it, the others are generate()'s. result.message is the reply as a ChatMessage,
+        its tool calls parsed (finish_reason "tool_calls" when there are any)."""
+        prompt, options = self._chat_options(messages, chat, options)
+        return self.generate(prompt, **options)
 
-    def chat_stream(self, messages: Sequence[Message], *, template: str | None = None, **kwargs: Any) -> TextStream:
-        prompt = self._model.apply_chat_template(messages, template=template)
-        return self.stream(prompt, parse_special=True, **kwargs)
+    def chat_stream(self, messages: Sequence[Message], *, chat: ChatOptions | None = None,
+                    **options: Any) -> TextStream:
+        """chat() as stream(): the pieces are the reply's raw text (tool calls as the model
+        writes them); the finished stream's result.message holds the parsed reply."""
+        prompt, options = self._chat_options(messages, chat, options)
+        return self.stream(prompt, **options)
+
+    def _chat_options(self, messages: Sequence[Message], chat: ChatOptions | None,
+                      options: Mapping[str, Any]) -> tuple[str, dict[str, Any]]:
+        """The rendered prompt, and generate()'s options for answering it."""
+        chat_fields = names(ChatOptions)
+        rendered = self._model.render_chat(messages, chat, **{k: v for k, v in options.items() if k in chat_fields})
+        rest = {k: v for k, v in options.items() if k not in chat_fields}
+        stop = rest.pop("stop", ())
+        stops = (stop,) if isinstance(stop, str) else tuple(stop)
+        return rendered.prompt, {**rest, "stop": (*stops, *rendered.stops), "parse_special": True, "_chat": rendered}
 
     # ---- internals -------------------------------------------------------------------------------
 
@@ -433,7 +450,7 @@ class Context:
     def _job(self, seq: int, prompt: str | Sequence[int], *, sampling: Sampling | None = None,
              max_tokens: int = MAX_TOKENS, stop: Sequence[str] = (), logprobs: bool = False,
              top_logprobs: int = 0, add_special: bool = True, parse_special: bool = False,
-             **sampling_options: Any) -> _Job:
+             _chat: ChatPrompt | None = None, **sampling_options: Any) -> _Job:
         chosen = resolve(Sampling, sampling, sampling_options, "generate")
         if max_tokens < 0:
             raise InvalidArgumentError("max_tokens must be >= 0")
@@ -450,9 +467,10 @@ class Context:
             chosen = dataclasses.replace(chosen, grammar=self._model.schema_grammar(chosen.json_schema),
                                          json_schema=None)
         seed = int.from_bytes(os.urandom(4), "little") if chosen.seed is None else chosen.seed
-        steps = abi.sampler_chain(chosen, seed, self._model.eog_tokens if chosen.ignore_eos else ())
+        steps = abi.sampler_chain(chosen, seed, self._model.eog_tokens if chosen.ignore_eos else (),
+                                  _chat.grammar if _chat else None)
         return _Job(seq, tokens, chosen, steps, max_tokens, stops, TextAssembler(stops),
-                    top_logprobs if logprobs else None)
+                    top_logprobs if logprobs else None, _chat)
 
     def _prefix(self, seq: int, tokens: list[int]) -> int:
         """Make sequence `seq` hold the longest prefix of `tokens` that it, or another sequence,
@@ -535,6 +553,21 @@ class Context:
         if new:
             job.pending = new[-1]
 
+    def _push(self, job: _Job, token: int) -> str:
+        """Add a generated token to the job's text; returns the text that is now safe to show."""
+        special = job.chat is not None and token in job.chat.preserved_tokens
+        return job.text.push(self._model.token_piece(token, render_special=special))
+
+    def _finished(self, job: _Job, result: GenerationResult) -> GenerationResult:
+        """A job's result with its reply parsed, when it answered a chat."""
+        if job.chat is None:
+            return result
+        message = self._model.parse_reply(job.chat, result.text)
+        finish = result.finish_reason
+        if message.tool_calls and finish in ("eos", "stop"):
+            finish = "tool_calls"
+        return dataclasses.replace(result, message=message, finish_reason=finish)
+
     def _piece_text(self, token: int) -> str:
         return self._model.token_piece(token).decode("utf-8", "replace")
 
@@ -585,7 +618,7 @@ class Context:
                     job.out.append(tok)
                     if job.logprobs is not None:
                         job.scores.append(self._token_logprob(step, k, n, tok, job.logprobs))
-                    piece = job.text.push(self._model.token_piece(tok))
+                    piece = self._push(job, tok)
                     if piece:
                         yield job.index, piece
                     if job.text.stopped is not None:
@@ -620,11 +653,11 @@ class Context:
                 if tail:
                     yield job.index, tail
             t2 = time.perf_counter()
-            yield [GenerationResult(
+            yield [self._finished(j, GenerationResult(
                 text=j.text.text, tokens=j.out, prompt_tokens=len(j.tokens), cached_prompt_tokens=j.reused,
                 finish_reason=j.finish or "length", stop_sequence=j.text.stopped,
                 logprobs=j.scores if j.logprobs is not None else None,
-                timings=Timings(len(j.tokens) - j.reused, t1 - t0, len(j.out), t2 - t1)) for j in jobs]
+                timings=Timings(len(j.tokens) - j.reused, t1 - t0, len(j.out), t2 - t1))) for j in jobs]
         finally:
             with self._cancel_lock:
                 self._running = None
@@ -649,6 +682,7 @@ class _Job:
     stops: tuple[str, ...]
     text: TextAssembler
     logprobs: int | None  # None: not asked for; else how many top alternatives per token
+    chat: ChatPrompt | None = None  # the rendered conversation it answers
     sampler: int = 0
     pending: int = 0  # the next token to decode: sampled (or the prompt's last), not yet in the cache
     reused: int = 0

@@ -12,15 +12,17 @@ import logging
 import os
 import threading
 import weakref
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from functools import cached_property
 from typing import Any, Literal
 
+from . import chat
 from .backend import Backend, Buffer, ModelSource, installed_plugins, load_plugin
+from .chat import ChatMessage, ChatPrompt, Message
 from .context import Context
-from .errors import ClosedError, InvalidArgumentError, ModelLoadError, UnsupportedOptionError, WasillamaError
+from .errors import ClosedError, ModelLoadError, UnsupportedOptionError, WasillamaError
 from .lora import Lora
-from .options import ContextOptions, LoadOptions, resolve
+from .options import ChatOptions, ContextOptions, LoadOptions, resolve
 from .shim.abi import ContextParams, ModelInfo, ModelParams
 
 log = logging.getLogger("wasillama")
@@ -51,7 +53,7 @@ class Model:
         self._closed = False
         self._lock = threading.Lock()
         self._contexts: weakref.WeakSet[Context] = weakref.WeakSet()
-        self._pieces: dict[int, bytes] = {}
+        self._pieces: dict[tuple[int, bool], bytes] = {}
         self._grammars: dict[str, str] = {}
         self.info: ModelInfo = backend.model_info(handle)
 
@@ -248,24 +250,36 @@ class Model:
         """The tokens that end generation (EOS, EOT, ... as the vocabulary marks them)."""
         return tuple(int(t) for t in self._backend.eog_tokens(self._require_handle()))
 
-    def token_piece(self, token: int) -> bytes:
-        """The bytes a token stands for (may be part of a UTF-8 character). Cached per token."""
-        piece = self._pieces.get(token)
+    def token_piece(self, token: int, *, render_special: bool = False) -> bytes:
+        """The bytes a token stands for (may be part of a UTF-8 character); a control token's
+        text only with render_special. Cached per token."""
+        piece = self._pieces.get((token, render_special))
         if piece is None:
-            piece = self._backend.token_piece(self._require_handle(), token, False)
-            self._pieces[token] = piece
+            piece = self._backend.token_piece(self._require_handle(), token, render_special)
+            self._pieces[(token, render_special)] = piece
         return piece
 
-    def apply_chat_template(self, messages: Sequence[Mapping[str, str]], *, add_generation_prompt: bool = True,
-                            template: str | None = None) -> str:
-        """Render messages ({"role": ..., "content": ...}) with the model's chat template.
-        Rendering runs inside the backend (llama.cpp's template code), never with host Jinja."""
-        pairs = []
-        for m in messages:
-            if "role" not in m or "content" not in m:
-                raise InvalidArgumentError("each message needs 'role' and 'content'")
-            pairs.append((str(m["role"]), str(m["content"])))
-        return self._backend.chat_apply(self._require_handle(), template, pairs, add_generation_prompt)
+    # ---- chat --------------------------------------------------------------------------------
+
+    def apply_chat_template(self, messages: Sequence[Message], *, add_generation_prompt: bool = True,
+                            options: ChatOptions | None = None, **chat_options: Any) -> str:
+        """Render messages ({"role", "content"} and, for tools, OpenAI's "tool_calls",
+        "tool_call_id" ...) with the model's chat template, or ChatOptions' template and tools
+        (keyword arguments named like its fields override `options`). Rendering runs inside the
+        backend with llama.cpp's chat code and Jinja engine, never with host Jinja."""
+        return self.render_chat(messages, options, add_generation_prompt, **chat_options).prompt
+
+    def render_chat(self, messages: Sequence[Message], options: ChatOptions | None = None,
+                    add_generation_prompt: bool = True, **chat_options: Any) -> ChatPrompt:
+        """apply_chat_template() with what generating and parsing the reply need (Context.chat
+        uses it): stop strings, the tool-call grammar, the tool-call format."""
+        chosen = resolve(ChatOptions, options, chat_options, "chat")
+        return chat.render(self._backend, self._require_handle(), messages, chosen, add_generation_prompt)
+
+    def parse_reply(self, prompt: ChatPrompt, text: str) -> ChatMessage:
+        """A generated reply to `prompt` as a message, tool calls parsed (in the backend)."""
+        self._require_handle()
+        return chat.parse(self._backend, prompt, text)
 
     # ---- contexts ----------------------------------------------------------------------------
 

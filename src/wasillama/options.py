@@ -144,6 +144,33 @@ class Sampling:
                 or self.dry_multiplier > 0.0)
 
 
+ToolChoice = Literal["auto", "required", "none"]
+
+
+@dataclass(frozen=True)
+class ChatOptions:
+    """How a conversation is rendered (Context.chat, Model.apply_chat_template): by the model's
+    chat template, or `template` (Jinja source) instead, with llama.cpp's chat code in the
+    backend. `tools` are OpenAI function tools ({"type": "function", "function": {"name",
+    "description", "parameters": JSON schema}}, or the function part alone); with them the
+    reply's tool calls are parsed into result.message.tool_calls, and their arguments are held to
+    each tool's schema by a grammar that starts where the model begins a call."""
+
+    template: str | None = None
+    tools: tuple[Mapping[str, Any], ...] = ()
+    tool_choice: ToolChoice = "auto"  # "required": the reply is tool calls; "none": never
+    parallel_tool_calls: bool = False  # several calls in one reply (when the template can)
+    enable_thinking: bool = True  # for templates that have a thinking switch
+    template_kwargs: Mapping[str, Any] = field(default_factory=dict)  # extra template variables
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "tools", tuple(self.tools))
+        if self.tool_choice not in ("auto", "required", "none"):
+            raise InvalidArgumentError(f"tool_choice must be 'auto', 'required' or 'none', not {self.tool_choice!r}")
+        if self.tool_choice == "required" and not self.tools:
+            raise InvalidArgumentError("tool_choice='required' needs tools")
+
+
 class _FrozenMap(dict[int, float]):
     """A dict that cannot change (so a frozen Sampling stays frozen) and hashes by content."""
 

@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
-FinishReason = Literal["eos", "stop", "length", "context_full", "cancelled"]
+if TYPE_CHECKING:
+    from .chat import ChatMessage
+
+# "tool_calls": a chat reply that ended (eos or a stop string) with calls to tools
+FinishReason = Literal["eos", "stop", "length", "context_full", "cancelled", "tool_calls"]
 
 
 @dataclass(frozen=True)
@@ -74,6 +78,7 @@ class GenerationResult:
     stop_sequence: str | None = field(default=None)
     logprobs: list[TokenLogprob] | None = field(default=None)  # one per token, when asked for
     draft: DraftStats | None = field(default=None)  # with speculative decoding
+    message: ChatMessage | None = field(default=None)  # Context.chat: the reply, tool calls parsed
 
     @property
     def completion_tokens(self) -> int:

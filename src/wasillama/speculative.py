@@ -33,7 +33,8 @@ def check(target: Context, draft: Context, job: _Job, n_draft: int) -> None:
     if not 1 <= n_draft <= 64:
         raise InvalidArgumentError("draft_tokens must be between 1 and 64")
     s = job.sampling
-    if not s.greedy or s.penalised or s.grammar or s.logit_bias or s.ignore_eos or job.logprobs is not None:
+    grammar = s.grammar or (job.chat is not None and job.chat.grammar is not None)
+    if not s.greedy or s.penalised or grammar or s.logit_bias or s.ignore_eos or job.logprobs is not None:
         raise UnsupportedOptionError("speculative decoding is greedy only: temperature=0, without penalties, "
                                      "grammars, logit bias, ignore_eos or logprobs")
     if draft.model.n_vocab != target.model.n_vocab or draft.model.eog_tokens != target.model.eog_tokens:
@@ -116,7 +117,7 @@ def _rounds(target: Context, draft: Context, job: _Job, n_draft: int, t_sampler:
                     finish = "eos"
                     break
                 job.out.append(tok)
-                job.text.push(target.model.token_piece(tok))
+                target._push(job, tok)
                 if job.text.stopped is not None:
                     finish = "stop"
                     break
@@ -126,11 +127,11 @@ def _rounds(target: Context, draft: Context, job: _Job, n_draft: int, t_sampler:
             pending = kept[-1]
         job.text.finish()
         t2 = time.perf_counter()
-        return GenerationResult(
+        return target._finished(job, GenerationResult(
             text=job.text.text, tokens=job.out, prompt_tokens=len(job.tokens), cached_prompt_tokens=reused,
             finish_reason=finish, stop_sequence=job.text.stopped,
             timings=Timings(len(job.tokens) - reused, t1 - t0, len(job.out), t2 - t1),
-            draft=DraftStats(proposed, accepted_total, rounds))
+            draft=DraftStats(proposed, accepted_total, rounds)))
     except BaseException:
         for ctx in (target, draft):  # what the caches hold beyond the known tokens is unknown: drop it
             with contextlib.suppress(WasillamaError):

@@ -18,7 +18,7 @@ from .. import errors
 from ..options import ContextOptions, LoadOptions, Sampling
 
 ABI_VERSION = 2  # the major version: must match
-ABI_MINOR = 2    # additions: the module's minor version must be at least this
+ABI_MINOR = 3    # additions: the module's minor version must be at least this
 
 
 def split_version(raw: int) -> tuple[int, int]:
@@ -49,6 +49,8 @@ FUNCTIONS: dict[str, tuple[str, ...]] = {
     "wl_model_chat_template": ("i32", "ptr", "ptr", "i32"),
     "wl_model_chat_apply": ("i32", "ptr", "ptr", "i32", "i32", "i32", "ptr", "i32"),
     "wl_json_schema_to_grammar": ("ptr", "i32", "ptr", "i32"),
+    "wl_chat_apply": ("i32", "ptr", "i32", "ptr", "i32"),
+    "wl_chat_parse": ("ptr", "i32", "ptr", "i32", "i32", "ptr", "i32"),
     "wl_vocab_tokenize": ("i32", "ptr", "i32", "i32", "ptr", "i32"),
     "wl_vocab_detokenize": ("i32", "ptr", "i32", "i32", "ptr", "i32"),
     "wl_vocab_piece": ("i32", "i32", "i32", "ptr", "i32"),
@@ -110,6 +112,7 @@ SAMPLER_MIROSTAT = 12
 SAMPLER_MIROSTAT_V2 = 13
 SAMPLER_LOGIT_BIAS = 14
 SAMPLER_GRAMMAR = 15
+SAMPLER_GRAMMAR_LAZY = 16
 
 SPLIT_MODE_LAYER = 1  # llama_split_mode: whole layers per GPU
 
@@ -119,6 +122,7 @@ STOP_CTX_FULL = 2
 
 TOP_LOGPROBS_MAX = 20
 JSON_SCHEMA_MAX_DEPTH = 64
+CHAT_TEMPLATE_MAX_DEPTH = 64  # deepest nesting of blocks, or of brackets in a tag, wl_chat_apply takes
 
 TOK_ADD_SPECIAL = 1
 TOK_PARSE_SPECIAL = 2
@@ -146,16 +150,6 @@ def error_for(status: int, message: str) -> errors.WasillamaError:
 def tok_flags(special: bool, parse: bool) -> int:
     """Tokenizer flags: add (tokenize) / keep (detokenize) BOS-EOS; parse / render control tokens."""
     return (TOK_ADD_SPECIAL if special else 0) | (TOK_PARSE_SPECIAL if parse else 0)
-
-
-def pack_messages(messages: Sequence[tuple[str, str]]) -> bytes:
-    """(role, content) pairs as the ABI's consecutive NUL-terminated strings."""
-    parts = []
-    for role, content in messages:
-        if "\0" in role or "\0" in content:  # would shift every later string
-            raise errors.InvalidArgumentError("chat messages must not contain NUL characters")
-        parts.append(role.encode() + b"\0" + content.encode() + b"\0")
-    return b"".join(parts)
 
 
 MODEL_PARAMS = struct.Struct("<8i")     # size, then 7 fields
@@ -235,15 +229,32 @@ def _i32_seed(seed: int) -> int:
     return seed - 2**32 if seed >= 2**31 else seed
 
 
-def sampler_chain(s: Sampling, seed: int, eog_tokens: Sequence[int] = ()) -> list[SamplerStep]:
+def grammar_step(grammar: str, *, prefill: Sequence[int] = (), lazy: bool = False,
+                 trigger_patterns: Sequence[str] = (), trigger_tokens: Sequence[int] = ()) -> SamplerStep:
+    """A GBNF grammar as a chain step: strict (after the `prefill` tokens), or lazy (free until
+    a trigger token or a text matching a trigger pattern, a regular expression)."""
+    if any("\0" in t for t in (grammar, *trigger_patterns)):
+        raise errors.InvalidArgumentError("a grammar and its triggers must not contain NUL characters")
+    text = grammar.encode() + b"\0root"
+    if lazy:
+        return SamplerStep(SAMPLER_GRAMMAR_LAZY, (), tuple(trigger_tokens),
+                           b"".join([text, *(b"\0" + p.encode() for p in trigger_patterns)]))
+    return SamplerStep(SAMPLER_GRAMMAR, (), tuple(prefill), text)
+
+
+def sampler_chain(s: Sampling, seed: int, eog_tokens: Sequence[int] = (),
+                  grammar: SamplerStep | None = None) -> list[SamplerStep]:
     """The chain llama.cpp's common sampler builds for these options (common/sampling.cpp),
     with a grammar first (it constrains every candidate) and greedy for temperature <= 0.
-    `eog_tokens` get a bias of -inf when s.ignore_eos."""
+    `eog_tokens` get a bias of -inf when s.ignore_eos. `grammar` (a chat template's, from
+    grammar_step) stands for s.grammar, which must then be None."""
     out = []
+    if grammar is not None and s.grammar is not None:
+        raise errors.UnsupportedOptionError("a grammar (or json_schema) does not combine with tools")
     if s.grammar is not None:
-        if "\0" in s.grammar:
-            raise errors.InvalidArgumentError("the grammar must not contain NUL characters")
-        out.append(SamplerStep(SAMPLER_GRAMMAR, text=s.grammar.encode() + b"\0root"))
+        grammar = grammar_step(s.grammar)
+    if grammar is not None:
+        out.append(grammar)
     bias = dict(s.logit_bias)
     if s.ignore_eos:
         bias.update({t: -math.inf for t in eog_tokens})

@@ -346,16 +346,24 @@ class ShimBackend:
         return bool(self._locked(lambda: self._check("wl_vocab_is_eog", i32(model, "model"),
                                                      i32(token, "token"))))
 
-    def chat_apply(self, model: int, template: str | None, messages: Sequence[tuple[str, str]],
-                   add_assistant: bool) -> str:
-        packed = abi.pack_messages(messages)
+    def chat_render(self, model: int, request: str) -> str:
+        raw = request.encode("utf-8", "surrogatepass")
 
-        def run() -> str:
-            with self._put(packed) as mp, self._put(template.encode() + b"\0" if template is not None else None) as tp:
-                return self._fill("wl_model_chat_apply", i32(model, "model"), tp, mp, len(packed), len(messages),
-                                  int(add_assistant), cap=2 * len(packed) + 1024).decode("utf-8", "replace")
+        def run() -> bytes:
+            with self._put(raw) as rp:
+                return self._fill("wl_chat_apply", i32(model, "model"), rp, len(raw), cap=2 * len(raw) + 4096)
 
-        return self._locked(run)
+        return self._locked(run).decode("utf-8", "replace")
+
+    def chat_parse(self, parser: str, text: str, partial: bool) -> str:
+        raw_parser, raw_text = parser.encode("utf-8", "surrogatepass"), text.encode("utf-8", "surrogatepass")
+
+        def run() -> bytes:
+            with self._put(raw_parser) as pp, self._put(raw_text) as tp:
+                return self._fill("wl_chat_parse", pp, len(raw_parser), tp, len(raw_text), int(partial),
+                                  cap=2 * len(raw_text) + 1024)
+
+        return self._locked(run).decode("utf-8", "replace")
 
     # ---- contexts ----------------------------------------------------------------------------
 
