@@ -1,7 +1,7 @@
 """WasmTransport: one sandbox — a wasmtime Store + Instance of llama.wasm — and safe access to its memory.
 
-The guest gets WASI with no preopened directories, no environment, no arguments and no
-inherited stdio: it can read clocks and random bytes, nothing else. Model bytes reach it only
+The guest gets the clocks, random bytes and stdout/stderr as log lines, nothing else: the WASI
+functions it imports are this package's (`wasi.py`), not wasmtime's. Model bytes reach it only
 through the `host_read` import (`shim.hostio.Sources`), which copies into guest memory after
 bounds-checking both sides. A wasmtime Store is not thread-safe, so every call sequence holds
 the instance's lock. A trap poisons the instance: its heap may be inconsistent, so every later
@@ -21,6 +21,7 @@ from ..shim.hostio import LogSink, Sources
 from ..shim.turns import TurnLock
 from . import CAPABILITIES
 from .engine import compiled_module
+from .wasi import GuestMemory, Wasi, define
 
 
 class WasmTransport:
@@ -37,13 +38,13 @@ class WasmTransport:
         module = module or compiled.module
         self._lock = TurnLock()
         self.store = wasmtime.Store(compiled.engine)
-        self.store.set_wasi(wasmtime.WasiConfig())  # nothing granted
         self.sources = Sources()
         self.log = LogSink()
         self._poisoned: str | None = None
 
         linker = wasmtime.Linker(compiled.engine)
-        linker.define_wasi()
+        self.wasi = Wasi(GuestMemory(self.read, self.write))
+        define(linker, self.wasi)
         i32, i64 = wasmtime.ValType.i32(), wasmtime.ValType.i64()
         linker.define_func("wasillama", "host_read", wasmtime.FuncType([i32, i64, i32, i32], [i32]), self._host_read)
         linker.define_func("wasillama", "host_log", wasmtime.FuncType([i32, i32, i32], []), self._host_log)
@@ -82,7 +83,8 @@ class WasmTransport:
         try:
             result: Any = self._func(name)(self.store, *args)
         except wasmtime.Trap as e:
-            why = f" after: {self.log.last_error}" if self.log.last_error else ""
+            last = self.wasi.stderr.last_error or self.log.last_error
+            why = f" after: {last}" if last else ""
             self._poisoned = f"guest trapped in {name}{why} ({e.message.splitlines()[0]})"
             raise BackendError(self._poisoned) from e
         except wasmtime.WasmtimeError as e:
