@@ -18,6 +18,7 @@ from .errors import (
     ClosedError,
     ConcurrentUseError,
     ContextFullError,
+    DeadlineExceededError,
     DecodeError,
     InvalidArgumentError,
     ModelLoadError,
@@ -42,8 +43,8 @@ logging.getLogger("wasillama").addHandler(logging.NullHandler())
 __all__ = [
     "AbortedError", "AsyncTextStream", "BackendError", "BackendUnavailableError", "BatchStream", "ChatMessage",
     "ChatOptions", "ChatPrompt", "ChatTemplateError", "ClosedError", "ConcurrentUseError", "Context",
-    "ContextFullError", "ContextOptions", "DecodeError", "GenerationResult", "InvalidArgumentError", "LoadOptions",
-    "Lora", "Model", "ModelInfo", "ModelLoadError", "ModelNotFoundError", "ModelTooLargeError", "OutOfMemoryError",
-    "Sampling", "TextStream", "Timings", "TokenLogprob", "ToolCall", "TopLogprob", "UnsupportedOptionError",
-    "WasillamaError", "__version__", "embed",
+    "ContextFullError", "ContextOptions", "DeadlineExceededError", "DecodeError", "GenerationResult",
+    "InvalidArgumentError", "LoadOptions", "Lora", "Model", "ModelInfo", "ModelLoadError", "ModelNotFoundError",
+    "ModelTooLargeError", "OutOfMemoryError", "Sampling", "TextStream", "Timings", "TokenLogprob", "ToolCall",
+    "TopLogprob", "UnsupportedOptionError", "WasillamaError", "__version__", "embed",
 ]

@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from . import speculative, state
+from . import deadline, speculative, state
 from .backend import Generated
 from .chat import ChatPrompt, Message
 from .embedding import embed_texts
@@ -38,6 +38,7 @@ from .errors import (
     ClosedError,
     ConcurrentUseError,
     ContextFullError,
+    DeadlineExceededError,
     InvalidArgumentError,
     UnsupportedOptionError,
     WasillamaError,
@@ -181,13 +182,16 @@ class Context:
             self._abort_requested = True
             self._backend.set_abort(self._handle, True)
 
-    def eval(self, tokens: Sequence[int]) -> None:
-        """Make the cache hold exactly `tokens` (reusing the longest cached prefix)."""
-        self._acquire()
-        try:
-            self._ingest(0, [int(t) for t in tokens], with_last=True)
-        finally:
-            self._release()
+    def eval(self, tokens: Sequence[int], *, timeout: float | None = None) -> None:
+        """Make the cache hold exactly `tokens` (reusing the longest cached prefix). timeout:
+        seconds, then DeadlineExceededError (see generate())."""
+        with self._deadline(timeout):
+            self._acquire()
+            try:
+                with self._stopwatch():
+                    self._ingest(0, [int(t) for t in tokens], with_last=True)
+            finally:
+                self._release()
 
     def logits(self) -> np.ndarray[Any, np.dtype[np.float32]]:
         """Logits of the last evaluated token (n_vocab floats)."""
@@ -271,21 +275,26 @@ class Context:
     # ---- embeddings ------------------------------------------------------------------------------
 
     def embed(self, text: str | Sequence[int], *, normalize: bool = True, truncate: bool = False,
-              add_special: bool = True, parse_special: bool = False) -> np.ndarray[Any, np.dtype[np.float32]]:
+              add_special: bool = True, parse_special: bool = False,
+              timeout: float | None = None) -> np.ndarray[Any, np.dtype[np.float32]]:
         """The embedding of `text` (a context made with embeddings=True): n_embd float32, pooled as
         the model says (or ContextOptions.pooling), L2-normalised unless normalize=False; with
         pooling "none" a (tokens, n_embd) matrix, a row per token. A text longer than a sequence
-        raises ContextFullError, or is cut to its first tokens with truncate=True."""
-        return embed_texts(self, [text], normalize=normalize, truncate=truncate, add_special=add_special,
-                           parse_special=parse_special)[0]
+        raises ContextFullError, or is cut to its first tokens with truncate=True. timeout: see
+        generate()."""
+        with self._deadline(timeout):
+            return embed_texts(self, [text], normalize=normalize, truncate=truncate, add_special=add_special,
+                               parse_special=parse_special)[0]
 
     def embed_batch(self, texts: Sequence[str | Sequence[int]], *, normalize: bool = True, truncate: bool = False,
-                    add_special: bool = True, parse_special: bool = False) -> np.ndarray[Any, np.dtype[np.float32]]:
+                    add_special: bool = True, parse_special: bool = False,
+                    timeout: float | None = None) -> np.ndarray[Any, np.dtype[np.float32]]:
         """embed() for several texts, decoded together: as many per llama_decode as the context
         has sequences (n_seq_max) and n_batch tokens allow. Returns a (texts, n_embd) array (with
         pooling "none", an object array of per-text matrices)."""
-        vectors = embed_texts(self, texts, normalize=normalize, truncate=truncate, add_special=add_special,
-                              parse_special=parse_special)
+        with self._deadline(timeout):
+            vectors = embed_texts(self, texts, normalize=normalize, truncate=truncate, add_special=add_special,
+                                  parse_special=parse_special)
         if self.pooling != "none":
             return np.stack(vectors) if vectors else np.zeros((0, self._model.n_embd), dtype=np.float32)
         ragged = np.empty(len(vectors), dtype=object)
@@ -298,7 +307,7 @@ class Context:
                  max_tokens: int = MAX_TOKENS, stop: Sequence[str] = (), logprobs: bool = False,
                  top_logprobs: int = 0, add_special: bool = True, parse_special: bool = False,
                  on_text: Callable[[str], bool | None] | None = None, draft: Context | None = None,
-                 draft_tokens: int = 8, **sampling_options: Any) -> GenerationResult:
+                 draft_tokens: int = 8, timeout: float | None = None, **sampling_options: Any) -> GenerationResult:
         """Complete `prompt` (text, or token ids) with up to max_tokens tokens.
 
         sampling: a Sampling (its defaults when omitted); keyword arguments named like its fields
@@ -311,7 +320,10 @@ class Context:
         rest (finish_reason "cancelled").
         draft: a context of a smaller model with the same vocabulary, for speculative decoding
         (greedy only): it proposes draft_tokens tokens at a time, this context verifies them in
-        one batch. The text is this model's greedy text; result.draft says how many were kept."""
+        one batch. The text is this model's greedy text; result.draft says how many were kept.
+        timeout: seconds for the whole call (prompt and generation), then DeadlineExceededError;
+        the Context stays usable, unless the wasm sandbox had to stop the guest by force (the
+        message says so; see docs/security.md)."""
         options = dict(sampling=sampling, max_tokens=max_tokens, stop=stop, logprobs=logprobs,
                        top_logprobs=top_logprobs, add_special=add_special, parse_special=parse_special,
                        **sampling_options)
@@ -319,7 +331,9 @@ class Context:
             if on_text is not None:
                 raise UnsupportedOptionError("on_text does not combine with a draft (speculative decoding)")
             self._require_logits()
-            return speculative.generate(self, draft, self._job(0, prompt, **options), draft_tokens)
+            with self._deadline(timeout):
+                return speculative.generate(self, draft, self._job(0, prompt, **options), draft_tokens)
+        options["timeout"] = timeout
         with self._text_stream(prompt, 1 if on_text else _STEPS_PER_CALL, options) as stream:
             for piece in stream:
                 if on_text is not None and on_text(piece) is False:
@@ -330,14 +344,14 @@ class Context:
     def stream(self, prompt: str | Sequence[int], *, sampling: Sampling | None = None,
                max_tokens: int = MAX_TOKENS, stop: Sequence[str] = (), logprobs: bool = False,
                top_logprobs: int = 0, add_special: bool = True, parse_special: bool = False,
-               **sampling_options: Any) -> TextStream:
+               timeout: float | None = None, **sampling_options: Any) -> TextStream:
         """Like generate(), as an iterator of text pieces (never a split UTF-8 character), one
         sandbox call per token so that each piece comes as soon as it exists. The finished
         stream's `.result` holds the GenerationResult; stream.cancel() (from any thread) ends it
         early with a result, close() or a ``with`` block drops it."""
         return self._text_stream(prompt, 1, dict(
             sampling=sampling, max_tokens=max_tokens, stop=stop, logprobs=logprobs, top_logprobs=top_logprobs,
-            add_special=add_special, parse_special=parse_special, **sampling_options))
+            add_special=add_special, parse_special=parse_special, timeout=timeout, **sampling_options))
 
     def astream(self, prompt: str | Sequence[int], **options: Any) -> AsyncTextStream:
         """stream() for asyncio: ``async for piece in ctx.astream(prompt, ...)`` with generate()'s
@@ -360,9 +374,11 @@ class Context:
         return await self.agenerate(prompt, **options)
 
     def _text_stream(self, prompt: str | Sequence[int], chunk: int, options: Mapping[str, Any]) -> TextStream:
+        options = dict(options)
+        end = deadline.end_of(options.pop("timeout", None))  # from now: the stream starts at once
         job = self._job(0, prompt, **options)
         cancel = threading.Event()
-        return TextStream(self._run([job], chunk, cancel), self._canceller(cancel))
+        return TextStream(deadline.within(self._run([job], chunk, cancel), end), self._canceller(cancel))
 
     def _canceller(self, event: threading.Event) -> Callable[[], None]:
         def cancel() -> None:
@@ -396,8 +412,11 @@ class Context:
 
     def _batch_stream(self, prompts: Sequence[str | Sequence[int] | Mapping[str, Any]], chunk: int,
                       options: Mapping[str, Any]) -> BatchStream:
+        options = dict(options)
+        end = deadline.end_of(options.pop("timeout", None))
         cancel = threading.Event()
-        return BatchStream(self._run(self._jobs(prompts, options), chunk, cancel), self._canceller(cancel))
+        return BatchStream(deadline.within(self._run(self._jobs(prompts, options), chunk, cancel), end),
+                           self._canceller(cancel))
 
     def chat(self, messages: Sequence[Message], *, chat: ChatOptions | None = None, **options: Any) -> GenerationResult:
         """Answer a conversation: messages ({"role", "content"}, OpenAI's form; with tools also
@@ -420,8 +439,14 @@ class Context:
                       options: Mapping[str, Any]) -> tuple[str, dict[str, Any]]:
         """The rendered prompt, and generate()'s options for answering it."""
         chat_fields = names(ChatOptions)
-        rendered = self._model.render_chat(messages, chat, **{k: v for k, v in options.items() if k in chat_fields})
+        end = deadline.end_of(options.get("timeout"))  # one deadline for rendering and answering
+        with deadline.until(end):
+            rendered = self._model.render_chat(messages, chat,
+                                               **{k: v for k, v in options.items() if k in chat_fields})
+            deadline.check("after rendering the chat template")
         rest = {k: v for k, v in options.items() if k not in chat_fields}
+        if end is not None:
+            rest["timeout"] = max(end - time.monotonic(), 1e-6)  # checked above: what is left
         stop = rest.pop("stop", ())
         stops = (stop,) if isinstance(stop, str) else tuple(stop)
         return rendered.prompt, {**rest, "stop": (*stops, *rendered.stops), "parse_special": True, "_chat": rendered}
@@ -500,7 +525,7 @@ class Context:
             return 0
         except BaseException:
             # what the sequence holds is no longer known: empty it (the others are untouched)
-            with contextlib.suppress(WasillamaError):
+            with deadline.until(None), contextlib.suppress(WasillamaError):
                 self._backend.memory_seq_rm(self._handle, seq, 0, -1)
             self._cached[seq] = []
             raise
@@ -533,9 +558,10 @@ class Context:
                 self._cached[seq].extend(chunk)
                 if self._abort_requested:
                     raise AbortedError("aborted while evaluating the prompt")
+                deadline.check("while evaluating the prompt")
         except BaseException:
             # a failed chunk may be partly in the cache: drop what the cache holds beyond the known tokens
-            with contextlib.suppress(WasillamaError):
+            with deadline.until(None), contextlib.suppress(WasillamaError):
                 self._backend.memory_seq_rm(self._handle, seq, len(self._cached[seq]), -1)
             raise
         return reused
@@ -552,6 +578,39 @@ class Context:
         self._record_step(job.seq, job.pending, new, reason)
         if new:
             job.pending = new[-1]
+
+    @contextlib.contextmanager
+    def _deadline(self, timeout: float | None) -> Iterator[None]:
+        """A block under `timeout`: the host's checks and the sandbox's hard stop (deadline.py)."""
+        with deadline.until(deadline.end_of(timeout)):
+            yield
+
+    @contextlib.contextmanager
+    def _stopwatch(self) -> Iterator[None]:
+        """The cooperative stop of the current deadline, around an operation that holds this
+        context: at the deadline the abort flag stops the running decode (at its next graph
+        node), and the AbortedError that follows becomes DeadlineExceededError."""
+        left = deadline.remaining()
+        if left is None:
+            yield
+            return
+        fired = threading.Event()
+
+        def fire() -> None:
+            fired.set()
+            self.abort()
+
+        timer = threading.Timer(max(0.0, left), fire)
+        timer.daemon = True
+        timer.start()
+        try:
+            yield
+        except AbortedError as e:
+            if fired.is_set():
+                raise DeadlineExceededError("the deadline stopped the decode; the context is usable") from e
+            raise
+        finally:
+            timer.cancel()
 
     def _push(self, job: _Job, token: int) -> str:
         """Add a generated token to the job's text; returns the text that is now safe to show."""
@@ -600,6 +659,7 @@ class Context:
         while (active := [j for j in jobs if j.finish is None]) and not cancel.is_set():
             if self._abort_requested:
                 raise AbortedError("generation aborted")
+            deadline.check("while generating")
             tops = [j.logprobs for j in active if j.logprobs is not None]
             try:
                 step = self._backend.generate_multi(
@@ -607,9 +667,10 @@ class Context:
                     [j.pending for j in active], [min(chunk, j.max_tokens - len(j.out)) for j in active],
                     max(tops) if tops else None)
             except BaseException:
-                for j in active:  # what the cache holds beyond the known tokens is unknown: drop it
-                    with contextlib.suppress(WasillamaError):
-                        self._backend.memory_seq_rm(self._handle, j.seq, len(self._cached[j.seq]), -1)
+                with deadline.until(None):
+                    for j in active:  # what the cache holds beyond the known tokens is unknown: drop it
+                        with contextlib.suppress(WasillamaError):
+                            self._backend.memory_seq_rm(self._handle, j.seq, len(self._cached[j.seq]), -1)
                 raise
             for k, (job, toks, reason) in enumerate(zip(active, step.tokens, step.stops, strict=True)):
                 new_list = toks.tolist()
@@ -640,7 +701,8 @@ class Context:
         try:
             t0 = time.perf_counter()
             try:
-                yield from self._steps(jobs, chunk, cancel)
+                with self._stopwatch():
+                    yield from self._steps(jobs, chunk, cancel)
             except AbortedError:
                 if not cancel.is_set():
                     raise
@@ -662,10 +724,11 @@ class Context:
             with self._cancel_lock:
                 self._running = None
             try:
-                for job in jobs:
-                    if job.sampler:
-                        with contextlib.suppress(WasillamaError):  # the sandbox may be gone already
-                            self._backend.free_sampler(job.sampler)
+                with deadline.until(None):
+                    for job in jobs:
+                        if job.sampler:
+                            with contextlib.suppress(WasillamaError):  # the sandbox may be gone already
+                                self._backend.free_sampler(job.sampler)
             finally:
                 self._release()
 

@@ -39,6 +39,11 @@ class AbortedError(WasillamaError):
     """The operation was cancelled."""
 
 
+class DeadlineExceededError(WasillamaError, TimeoutError):
+    """A call's `timeout=` passed. Stopped between steps or by the abort flag, the Context is
+    still usable; stopped by the sandbox's hard stop, that sandbox is not (the message says)."""
+
+
 class ChatTemplateError(WasillamaError):
     """The model has no chat template, or llama.cpp does not support it."""
 

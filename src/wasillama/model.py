@@ -11,16 +11,17 @@ import contextlib
 import logging
 import os
 import threading
+import time
 import weakref
 from collections.abc import Callable, Sequence
 from functools import cached_property
 from typing import Any, Literal
 
-from . import chat
+from . import chat, deadline
 from .backend import Backend, Buffer, ModelSource, installed_plugins, load_plugin
 from .chat import ChatMessage, ChatPrompt, Message
 from .context import Context
-from .errors import ClosedError, ModelLoadError, UnsupportedOptionError, WasillamaError
+from .errors import ClosedError, DeadlineExceededError, ModelLoadError, UnsupportedOptionError, WasillamaError
 from .lora import Lora
 from .options import ChatOptions, ContextOptions, LoadOptions, resolve
 from .shim.abi import ContextParams, ModelInfo, ModelParams
@@ -60,7 +61,8 @@ class Model:
     @classmethod
     def load(cls, source: str | os.PathLike[str] | Buffer, *, backend: BackendName = "wasm",
              trust_model: bool = False, options: LoadOptions | None = None,
-             progress: Callable[[float], bool | None] | None = None, **load_options: Any) -> Model:
+             progress: Callable[[float], bool | None] | None = None, timeout: float | None = None,
+             **load_options: Any) -> Model:
         """Load a GGUF model from a path or from bytes.
 
         options: a LoadOptions (its defaults when omitted); keyword arguments named like its
@@ -69,6 +71,8 @@ class Model:
         progress: called with the fraction of the file read so far (0.0 ... 1.0, every 1% at
         most; a file the native backend maps reports 0.0 and 1.0 only); returning False stops
         the load with ModelLoadError.
+        timeout: seconds, then DeadlineExceededError (a load the host serves stops at its next
+        read; the wasm sandbox stops the guest by force soon after).
 
         backend: "wasm" (default) runs llama.cpp inside a wasmtime sandbox: the model file can
         be hostile and the process survives. "native" uses the wasillama-native plugin (GPU,
@@ -89,8 +93,15 @@ class Model:
                 f"the {name} backend runs llama.cpp without a sandbox: a malicious model file can "
                 "compromise this process. Pass trust_model=True if you trust the file.")
         be: Backend = plugin.create()
+        end = deadline.end_of(timeout)
         try:
-            handle = be.load_model(src, params, opts.tensor_split, progress)
+            with deadline.until(end):
+                try:
+                    handle = be.load_model(src, params, opts.tensor_split, progress)
+                except ModelLoadError as e:  # a read refused at the deadline looks like a short file
+                    if end is not None and time.monotonic() >= end:
+                        raise DeadlineExceededError(f"the deadline passed while loading {src.describe()}") from e
+                    raise
         except BaseException:
             if plugin.per_model:
                 be.close()  # the whole sandbox goes, and with it every handle in it
@@ -262,19 +273,25 @@ class Model:
     # ---- chat --------------------------------------------------------------------------------
 
     def apply_chat_template(self, messages: Sequence[Message], *, add_generation_prompt: bool = True,
-                            options: ChatOptions | None = None, **chat_options: Any) -> str:
+                            options: ChatOptions | None = None, timeout: float | None = None,
+                            **chat_options: Any) -> str:
         """Render messages ({"role", "content"} and, for tools, OpenAI's "tool_calls",
         "tool_call_id" ...) with the model's chat template, or ChatOptions' template and tools
         (keyword arguments named like its fields override `options`). Rendering runs inside the
-        backend with llama.cpp's chat code and Jinja engine, never with host Jinja."""
-        return self.render_chat(messages, options, add_generation_prompt, **chat_options).prompt
+        backend with llama.cpp's chat code and Jinja engine, never with host Jinja. timeout:
+        seconds, then DeadlineExceededError (the template comes with the model file: in the wasm
+        sandbox a template still running then is stopped by force, and that sandbox is unusable;
+        the native backend cannot stop one)."""
+        return self.render_chat(messages, options, add_generation_prompt, timeout=timeout, **chat_options).prompt
 
     def render_chat(self, messages: Sequence[Message], options: ChatOptions | None = None,
-                    add_generation_prompt: bool = True, **chat_options: Any) -> ChatPrompt:
+                    add_generation_prompt: bool = True, *, timeout: float | None = None,
+                    **chat_options: Any) -> ChatPrompt:
         """apply_chat_template() with what generating and parsing the reply need (Context.chat
         uses it): stop strings, the tool-call grammar, the tool-call format."""
         chosen = resolve(ChatOptions, options, chat_options, "chat")
-        return chat.render(self._backend, self._require_handle(), messages, chosen, add_generation_prompt)
+        with deadline.until(deadline.end_of(timeout)):
+            return chat.render(self._backend, self._require_handle(), messages, chosen, add_generation_prompt)
 
     def parse_reply(self, prompt: ChatPrompt, text: str) -> ChatMessage:
         """A generated reply to `prompt` as a message, tool calls parsed (in the backend)."""

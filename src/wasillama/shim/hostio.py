@@ -21,6 +21,8 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
+from .. import deadline
+
 LLAMA_LOGGER = logging.getLogger("wasillama.llama")
 
 # ggml_log_level: NONE 0, DEBUG 1, INFO 2, WARN 3, ERROR 4, CONT 5 (continues the previous message)
@@ -99,6 +101,9 @@ class Sources:
         """Copies up to n bytes at `offset` of source `sid` to host address `dst`; the count, or -1."""
         data = self._live.get(sid)
         if data is None or offset < 0 or n < 0 or not dst:
+            return -1
+        left = deadline.remaining()
+        if left is not None and left <= 0:  # the load's deadline: the read fails, the load stops
             return -1
         if n == 0:
             return 0

@@ -30,8 +30,17 @@ from ..paths import cache_dir, wasm_module_path
 
 log = logging.getLogger("wasillama")
 
-# Every engine setting that changes the compiled code belongs in this key.
-_CONFIG_KEY = "simd+exceptions+v1"
+# Deadlines: the compiled code checks the engine's epoch at function entries and loop heads, and
+# a Store past its epoch deadline traps. A ticker thread advances the epoch every EPOCH_TICK_S
+# while the engine exists. (benchmarks/epoch_cost.py measures what the checks cost; read before
+# the module is compiled.)
+EPOCH_INTERRUPTION = True
+EPOCH_TICK_S = 0.01
+
+
+def _config_key() -> str:
+    """Every engine setting that changes the compiled code belongs in the cache key."""
+    return "simd+exceptions+v1" + ("+epoch" if EPOCH_INTERRUPTION else "")
 
 
 @dataclass
@@ -41,6 +50,7 @@ class CompiledModule:
     module_sha256: str
     from_cache: bool
     seconds: float
+    epoch: bool  # compiled with epoch checks: Stores must set a deadline (transport.py does)
 
 
 _lock = threading.Lock()
@@ -51,7 +61,14 @@ def _make_engine() -> wasmtime.Engine:
     cfg = wasmtime.Config()
     cfg.wasm_simd = True
     cfg.wasm_exceptions = True  # llama.cpp reports load errors by throwing
+    cfg.epoch_interruption = EPOCH_INTERRUPTION
     return wasmtime.Engine(cfg)
+
+
+def _tick(engine: wasmtime.Engine) -> None:
+    while True:
+        time.sleep(EPOCH_TICK_S)
+        engine.increment_epoch()
 
 
 def wasmtime_version() -> str:
@@ -59,7 +76,7 @@ def wasmtime_version() -> str:
 
 
 def module_cache_path(module_sha256: str) -> Path:
-    key = hashlib.sha256(f"{module_sha256}:{wasmtime_version()}:{_CONFIG_KEY}".encode()).hexdigest()[:32]
+    key = hashlib.sha256(f"{module_sha256}:{wasmtime_version()}:{_config_key()}".encode()).hexdigest()[:32]
     return cache_dir() / "compiled" / f"llama-{key}.cwasm"
 
 
@@ -128,5 +145,7 @@ def compiled_module() -> CompiledModule:
             _store_cached(module, cached)
         seconds = time.perf_counter() - start
         log.debug("wasm module %s %s in %.3f s", sha[:12], "loaded from cache" if from_cache else "compiled", seconds)
-        _compiled = CompiledModule(engine, module, sha, from_cache, seconds)
+        if EPOCH_INTERRUPTION:  # the engine lives as long as the process
+            threading.Thread(target=_tick, args=(engine,), name="wasillama-epoch", daemon=True).start()
+        _compiled = CompiledModule(engine, module, sha, from_cache, seconds, EPOCH_INTERRUPTION)
         return _compiled

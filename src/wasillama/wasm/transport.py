@@ -12,16 +12,23 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import math
 from typing import Any
 
 import wasmtime
 
-from ..errors import BackendError, OutOfMemoryError
+from .. import deadline
+from ..errors import BackendError, DeadlineExceededError, OutOfMemoryError
 from ..shim.hostio import LogSink, Sources
 from ..shim.turns import TurnLock
 from . import CAPABILITIES
-from .engine import compiled_module
+from .engine import EPOCH_TICK_S, compiled_module
 from .wasi import GuestMemory, Wasi, define
+
+_NO_DEADLINE = 2**62  # epoch ticks: never
+# Calls that only manage memory, or read the last error, run whatever the deadline: cleanup after
+# a deadline must not leak guest memory, and they take microseconds.
+_UNTIMED = frozenset({"malloc", "free", "wl_error_last"})
 
 
 class WasmTransport:
@@ -38,6 +45,9 @@ class WasmTransport:
         module = module or compiled.module
         self._lock = TurnLock()
         self.store = wasmtime.Store(compiled.engine)
+        self._epoch = compiled.epoch
+        if self._epoch:
+            self.store.set_epoch_deadline(_NO_DEADLINE)
         self.sources = Sources()
         self.log = LogSink()
         self._poisoned: str | None = None
@@ -77,12 +87,24 @@ class WasmTransport:
         return f
 
     def call(self, name: str, *args: int) -> int:
-        """Calls an export. Traps poison the instance and become BackendError."""
+        """Calls an export. Traps poison the instance and become BackendError; the current
+        deadline (deadline.py) is its hard stop: past it by GRACE_S the guest traps, and the
+        call raises DeadlineExceededError."""
         if self._poisoned is not None:
             raise BackendError(f"the sandbox is unusable after an earlier failure: {self._poisoned}")
+        left = None if name in _UNTIMED else deadline.remaining()
+        if self._epoch:
+            if left is None:
+                self.store.set_epoch_deadline(_NO_DEADLINE)
+            else:
+                deadline.check(f"before {name}")
+                self.store.set_epoch_deadline(max(1, math.ceil((left + deadline.GRACE_S) / EPOCH_TICK_S)))
         try:
             result: Any = self._func(name)(self.store, *args)
         except wasmtime.Trap as e:
+            if e.trap_code == wasmtime.TrapCode.INTERRUPT:
+                self._poisoned = f"the deadline stopped the guest in {name}"
+                raise DeadlineExceededError(f"{self._poisoned}; this sandbox is unusable now") from e
             last = self.wasi.stderr.last_error or self.log.last_error
             why = f" after: {last}" if last else ""
             self._poisoned = f"guest trapped in {name}{why} ({e.message.splitlines()[0]})"
