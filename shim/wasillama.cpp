@@ -236,6 +236,27 @@ void require(bool ok, const char * msg) {
     if (!ok) throw wl_error(WL_E_ARG, msg);
 }
 
+// Runs f(); an exception from llama.cpp's code becomes `code` with its message after `prefix`
+// (ours, and running out of memory, pass through to guarded()).
+template <typename F>
+auto as_error(int32_t code, const char * prefix, F && f) -> decltype(f()) {
+    try {
+        return f();
+    } catch (const wl_error &) {
+        throw;
+    } catch (const std::bad_alloc &) {
+        throw;
+    } catch (const std::exception & e) {
+        throw wl_error(code, std::string(prefix) + e.what());
+    }
+}
+
+common_json parse_json_arg(const char * text, int32_t len, const char * what) {
+    require(text != nullptr && len >= 0, "invalid JSON buffer");
+    const std::string prefix = std::string(what) + " is not valid JSON: ";
+    return as_error(WL_E_ARG, prefix.c_str(), [&] { return common_json::parse(std::string(text, (size_t) len)); });
+}
+
 std::string abi_name() { return std::to_string(WL_ABI_VERSION) + "." + std::to_string(WL_ABI_MINOR); }
 
 // A sized struct from the host (see the header): the fields both sides know; zero for those an
@@ -954,17 +975,9 @@ WL_EXPORT(wl_json_schema_to_grammar) int32_t wl_json_schema_to_grammar(const cha
             throw wl_error(WL_E_ARG, "the JSON schema nests " + std::to_string(deepest) + " levels deep; at most " +
                                          std::to_string(WL_JSON_SCHEMA_MAX_DEPTH) + " are accepted");
         }
-        common_json parsed;
-        try {
-            parsed = common_json::parse(text);
-        } catch (const std::exception & e) {
-            throw wl_error(WL_E_ARG, std::string("the JSON schema is not valid JSON: ") + e.what());
-        }
-        try {
-            return copy_out(json_schema_to_grammar(parsed, /* force_gbnf */ true), buf, cap);
-        } catch (const std::exception & e) {
-            throw wl_error(WL_E_ARG, e.what());
-        }
+        const common_json parsed = parse_json_arg(schema, len, "the JSON schema");
+        return copy_out(as_error(WL_E_ARG, "", [&] { return json_schema_to_grammar(parsed, /* force_gbnf */ true); }),
+                        buf, cap);
     });
 }
 
@@ -1025,15 +1038,6 @@ WL_EXPORT(wl_model_chat_apply) int32_t wl_model_chat_apply(int32_t model, const 
 
 namespace {
 
-common_json parse_json_arg(const char * text, int32_t len, const char * what) {
-    require(text != nullptr && len >= 0, "invalid JSON buffer");
-    try {
-        return common_json::parse(std::string(text, (size_t) len));
-    } catch (const std::exception & e) {
-        throw wl_error(WL_E_ARG, std::string(what) + " is not valid JSON: " + e.what());
-    }
-}
-
 // The Jinja parser and renderer recurse per nesting level, of blocks ({% if %} ... {% endif %})
 // and of brackets inside tags: a template nested deeper than real ones ever are is refused before
 // it runs the stack out (a trap in wasm, the end of the process natively). Text outside tags
@@ -1093,14 +1097,10 @@ std::shared_ptr<common_chat_templates> chat_templates_of(Model & m, const std::s
         check_template_depth(src.empty() ? llama_model_chat_template(m.model, nullptr) : src);
         const char * tool_use = src.empty() ? llama_model_chat_template(m.model, "tool_use") : nullptr;
         if (tool_use) check_template_depth(tool_use);
-        try {
+        return as_error(WL_E_TEMPLATE, "the chat template does not parse: ", [&] {
             return std::shared_ptr<common_chat_templates>(common_chat_templates_init(m.model, src).release(),
                                                           common_chat_templates_free);
-        } catch (const std::bad_alloc &) {
-            throw;
-        } catch (const std::exception & e) {
-            throw wl_error(WL_E_TEMPLATE, std::string("the chat template does not parse: ") + e.what());
-        }
+        });
     };
     if (!override_src.empty()) return make(override_src);
     std::lock_guard<std::mutex> lock(m.chat_mu);
@@ -1188,7 +1188,7 @@ WL_EXPORT(wl_chat_apply) int32_t wl_chat_apply(int32_t model, const char * reque
         require(req.is_object(), "the chat request must be a JSON object");
         common_chat_templates_inputs in;
         std::string override_src;
-        try {
+        as_error(WL_E_ARG, "invalid chat request: ", [&] {
             override_src = req.value("template", std::string());
             in.messages = common_chat_msgs_parse_oaicompat(req.at("messages"));
             if (req.contains("tools")) in.tools = common_chat_tools_parse_oaicompat(req.at("tools"));
@@ -1205,22 +1205,10 @@ WL_EXPORT(wl_chat_apply) int32_t wl_chat_apply(int32_t model, const char * reque
                     std::chrono::duration_cast<std::chrono::system_clock::duration>(
                         std::chrono::duration<double>(req.at("now").get<double>())));
             }
-        } catch (const wl_error &) {
-            throw;
-        } catch (const std::bad_alloc &) {
-            throw;
-        } catch (const std::exception & e) {
-            throw wl_error(WL_E_ARG, std::string("invalid chat request: ") + e.what());
-        }
+        });
         auto tmpls = chat_templates_of(*m, override_src);
-        common_chat_params out;
-        try {
-            out = common_chat_templates_apply(tmpls.get(), in);
-        } catch (const std::bad_alloc &) {
-            throw;
-        } catch (const std::exception & e) {
-            throw wl_error(WL_E_TEMPLATE, std::string("the chat template failed: ") + e.what());
-        }
+        const common_chat_params out = as_error(WL_E_TEMPLATE, "the chat template failed: ",
+                                                [&] { return common_chat_templates_apply(tmpls.get(), in); });
         common_json result = sampling_of(m->vocab(), out);
         result["prompt"] = out.prompt;
         result["stops"] = out.additional_stops;
@@ -1240,7 +1228,7 @@ WL_EXPORT(wl_chat_parse) int32_t wl_chat_parse(const char * parser, int32_t pars
         require(cap >= 0 && (buf || cap == 0) && len >= 0 && (text || len == 0), "invalid buffers");
         const common_json p = parse_json_arg(parser, parser_len, "the parser");
         common_chat_parser_params params;
-        try {
+        as_error(WL_E_ARG, "invalid parser: ", [&] {
             const int format = p.at("format").get<int>();
             require(format >= 0 && format < COMMON_CHAT_FORMAT_COUNT, "unknown chat format");
             params.format = (common_chat_format) format;
@@ -1248,21 +1236,10 @@ WL_EXPORT(wl_chat_parse) int32_t wl_chat_parse(const char * parser, int32_t pars
             params.reasoning_format = COMMON_REASONING_FORMAT_DEEPSEEK;
             const std::string peg = p.at("peg").get<std::string>();
             if (!peg.empty()) params.parser.load(peg);
-        } catch (const wl_error &) {
-            throw;
-        } catch (const std::bad_alloc &) {
-            throw;
-        } catch (const std::exception & e) {
-            throw wl_error(WL_E_ARG, std::string("invalid parser: ") + e.what());
-        }
-        common_chat_msg msg;
-        try {
-            msg = common_chat_parse(std::string(text ? text : "", (size_t) len), partial != 0, params);
-        } catch (const std::bad_alloc &) {
-            throw;
-        } catch (const std::exception & e) {
-            throw wl_error(WL_E_TEMPLATE, e.what());
-        }
+        });
+        const common_chat_msg msg = as_error(WL_E_TEMPLATE, "", [&] {
+            return common_chat_parse(std::string(text ? text : "", (size_t) len), partial != 0, params);
+        });
         return copy_out(msg.to_json_oaicompat().dump(), buf, cap);
     });
 }

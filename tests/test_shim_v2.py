@@ -150,13 +150,23 @@ def test_grammar_prefill_and_lazy_triggers(shim: tuple[Backend, int]) -> None:
         with pytest.raises(InvalidArgumentError, match="does not accept its prefill"):
             _chain(be, model, [SamplerStep(abi.SAMPLER_GRAMMAR, (), tuple(prefill), b'root ::= "x"\0root')])
 
-        trigger = be.token_piece(model, best, False).decode()
-        lazy = _chain(be, model, [SamplerStep(abi.SAMPLER_GRAMMAR_LAZY, (), (best,), b"root ::= " + _literal(trigger)
+        # the trigger is the second-best token: a grammar that were not lazy would force it now
+        second = int(np.argsort(be.logits(ctx, -1))[-2])
+        trigger = be.token_piece(model, second, False).decode()
+        lazy = _chain(be, model, [SamplerStep(abi.SAMPLER_GRAMMAR_LAZY, (), (second,), b"root ::= " + _literal(trigger)
                                               + yes_no), SamplerStep(abi.SAMPLER_GREEDY)])
-        assert be.sampler_sample(lazy, ctx, -1) == best  # free so far: the greedy token, the trigger
+        assert be.sampler_sample(lazy, ctx, -1) == best  # free until the trigger: the greedy token
         be.decode(ctx, np.asarray([best], dtype=np.int32))
-        piece = be.token_piece(model, be.sampler_sample(lazy, ctx, -1), False).decode()
+        # now force the trigger (a logit bias towards it) and check what follows is held to the grammar
+        forced = _chain(be, model, [SamplerStep(abi.SAMPLER_GRAMMAR_LAZY, (), (second,), b"root ::= "
+                                                + _literal(trigger) + yes_no),
+                                    SamplerStep(abi.SAMPLER_LOGIT_BIAS, (100.0,), (second,)),
+                                    SamplerStep(abi.SAMPLER_GREEDY)])
+        assert be.sampler_sample(forced, ctx, -1) == second  # the trigger: the grammar starts
+        be.decode(ctx, np.asarray([second], dtype=np.int32))
+        piece = be.token_piece(model, be.sampler_sample(forced, ctx, -1), False).decode()
         assert piece and ("yes".startswith(piece) or "no".startswith(piece)), piece
+        be.free_sampler(forced)
         for h in (strict, lazy):
             be.free_sampler(h)
     finally:

@@ -17,6 +17,7 @@ another Context of the same Model gets its turn between chunks (it waits for at 
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import dataclasses
 import os
@@ -282,7 +283,7 @@ class Context:
         pooling "none" a (tokens, n_embd) matrix, a row per token. A text longer than a sequence
         raises ContextFullError, or is cut to its first tokens with truncate=True. timeout: see
         generate()."""
-        with self._deadline(timeout):
+        with self._deadline(timeout), self._stopwatch():
             return embed_texts(self, [text], normalize=normalize, truncate=truncate, add_special=add_special,
                                parse_special=parse_special)[0]
 
@@ -292,7 +293,7 @@ class Context:
         """embed() for several texts, decoded together: as many per llama_decode as the context
         has sequences (n_seq_max) and n_batch tokens allow. Returns a (texts, n_embd) array (with
         pooling "none", an object array of per-text matrices)."""
-        with self._deadline(timeout):
+        with self._deadline(timeout), self._stopwatch():
             vectors = embed_texts(self, texts, normalize=normalize, truncate=truncate, add_special=add_special,
                                   parse_special=parse_special)
         if self.pooling != "none":
@@ -331,7 +332,7 @@ class Context:
             if on_text is not None:
                 raise UnsupportedOptionError("on_text does not combine with a draft (speculative decoding)")
             self._require_logits()
-            with self._deadline(timeout):
+            with self._deadline(timeout), self._stopwatch():
                 return speculative.generate(self, draft, self._job(0, prompt, **options), draft_tokens)
         options["timeout"] = timeout
         with self._text_stream(prompt, 1 if on_text else _STEPS_PER_CALL, options) as stream:
@@ -369,8 +370,9 @@ class Context:
 
     async def achat(self, messages: Sequence[Message], *, chat: ChatOptions | None = None,
                     **options: Any) -> GenerationResult:
-        """chat() for asyncio (same arguments); cancelling the task cancels the run."""
-        prompt, options = self._chat_options(messages, chat, options)
+        """chat() for asyncio (same arguments); cancelling the task cancels the run. The template
+        renders in a worker thread too: it comes with the model file, and may be slow."""
+        prompt, options = await asyncio.to_thread(self._chat_options, messages, chat, options)
         return await self.agenerate(prompt, **options)
 
     def _text_stream(self, prompt: str | Sequence[int], chunk: int, options: Mapping[str, Any]) -> TextStream:
@@ -525,7 +527,7 @@ class Context:
             return 0
         except BaseException:
             # what the sequence holds is no longer known: empty it (the others are untouched)
-            with deadline.until(None), contextlib.suppress(WasillamaError):
+            with contextlib.suppress(WasillamaError):
                 self._backend.memory_seq_rm(self._handle, seq, 0, -1)
             self._cached[seq] = []
             raise
@@ -561,7 +563,7 @@ class Context:
                 deadline.check("while evaluating the prompt")
         except BaseException:
             # a failed chunk may be partly in the cache: drop what the cache holds beyond the known tokens
-            with deadline.until(None), contextlib.suppress(WasillamaError):
+            with contextlib.suppress(WasillamaError):
                 self._backend.memory_seq_rm(self._handle, seq, len(self._cached[seq]), -1)
             raise
         return reused
@@ -611,6 +613,10 @@ class Context:
             raise
         finally:
             timer.cancel()
+            timer.join()  # a fire() under way ends first: inside the operation _release() lowers its flag,
+            if fired.is_set() and not self._busy.locked():  # after it (embed, speculative) this does
+                with contextlib.suppress(WasillamaError):
+                    self._backend.set_abort(self._handle, False)
 
     def _push(self, job: _Job, token: int) -> str:
         """Add a generated token to the job's text; returns the text that is now safe to show."""
@@ -667,10 +673,9 @@ class Context:
                     [j.pending for j in active], [min(chunk, j.max_tokens - len(j.out)) for j in active],
                     max(tops) if tops else None)
             except BaseException:
-                with deadline.until(None):
-                    for j in active:  # what the cache holds beyond the known tokens is unknown: drop it
-                        with contextlib.suppress(WasillamaError):
-                            self._backend.memory_seq_rm(self._handle, j.seq, len(self._cached[j.seq]), -1)
+                for j in active:  # what the cache holds beyond the known tokens is unknown: drop it
+                    with contextlib.suppress(WasillamaError):
+                        self._backend.memory_seq_rm(self._handle, j.seq, len(self._cached[j.seq]), -1)
                 raise
             for k, (job, toks, reason) in enumerate(zip(active, step.tokens, step.stops, strict=True)):
                 new_list = toks.tolist()
@@ -724,11 +729,10 @@ class Context:
             with self._cancel_lock:
                 self._running = None
             try:
-                with deadline.until(None):
-                    for job in jobs:
-                        if job.sampler:
-                            with contextlib.suppress(WasillamaError):  # the sandbox may be gone already
-                                self._backend.free_sampler(job.sampler)
+                for job in jobs:
+                    if job.sampler:
+                        with contextlib.suppress(WasillamaError):  # the sandbox may be gone already
+                            self._backend.free_sampler(job.sampler)
             finally:
                 self._release()
 

@@ -6,7 +6,8 @@ sooner one wins when calls nest). Three stops enforce it, cheapest first:
   - at the deadline a timer raises the running context's abort flag: llama.cpp stops the decode
     at its next graph node, and the Context stays usable;
   - in the wasm sandbox, epoch interruption traps whatever the guest is doing GRACE_S after the
-    deadline (a chat template in a loop, a load): that sandbox is then unusable.
+    deadline (a chat template in a loop, a load), DECODE_GRACE_S for a decode: that sandbox is
+    then unusable.
 """
 
 from __future__ import annotations
@@ -21,7 +22,8 @@ from .errors import DeadlineExceededError, InvalidArgumentError
 
 T = TypeVar("T")
 
-GRACE_S = 0.1  # after the deadline, before the sandbox's hard stop (a big graph node can take longer)
+GRACE_S = 0.1  # after the deadline, before the sandbox's hard stop
+DECODE_GRACE_S = 2.0  # for a decode, which the abort flag stops first (at its next graph node)
 
 _current: ContextVar[float | None] = ContextVar("wasillama_deadline", default=None)
 

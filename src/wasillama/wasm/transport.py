@@ -26,9 +26,14 @@ from .engine import EPOCH_TICK_S, compiled_module
 from .wasi import GuestMemory, Wasi, define
 
 _NO_DEADLINE = 2**62  # epoch ticks: never
-# Calls that only manage memory, or read the last error, run whatever the deadline: cleanup after
-# a deadline must not leak guest memory, and they take microseconds.
-_UNTIMED = frozenset({"malloc", "free", "wl_error_last"})
+# Calls that free, drop or read the last error run whatever the deadline: cleanup after a
+# deadline must neither leak guest memory nor leave the KV cache holding what the host does not
+# know about, and they take microseconds.
+_UNTIMED = frozenset({"malloc", "free", "wl_error_last", "wl_sampler_free", "wl_context_free", "wl_model_free",
+                      "wl_lora_free", "wl_memory_seq_rm", "wl_memory_clear"})
+# Decodes have the cooperative stop (the abort flag, checked between graph nodes; one node of a
+# big batch can take a second): the hard stop waits longer for them.
+_DECODES = frozenset({"wl_context_decode", "wl_context_generate"})
 
 
 class WasmTransport:
@@ -53,7 +58,7 @@ class WasmTransport:
         self._poisoned: str | None = None
 
         linker = wasmtime.Linker(compiled.engine)
-        self.wasi = Wasi(GuestMemory(self.read, self.write))
+        self.wasi = Wasi(GuestMemory(self.read, self.write, lambda: self.memory.data_len(self.store)))
         define(linker, self.wasi)
         i32, i64 = wasmtime.ValType.i32(), wasmtime.ValType.i64()
         linker.define_func("wasillama", "host_read", wasmtime.FuncType([i32, i64, i32, i32], [i32]), self._host_read)
@@ -98,7 +103,8 @@ class WasmTransport:
                 self.store.set_epoch_deadline(_NO_DEADLINE)
             else:
                 deadline.check(f"before {name}")
-                self.store.set_epoch_deadline(max(1, math.ceil((left + deadline.GRACE_S) / EPOCH_TICK_S)))
+                grace = deadline.DECODE_GRACE_S if name in _DECODES else deadline.GRACE_S
+                self.store.set_epoch_deadline(max(1, math.ceil((left + grace) / EPOCH_TICK_S)))
         try:
             result: Any = self._func(name)(self.store, *args)
         except wasmtime.Trap as e:
@@ -146,14 +152,14 @@ class WasmTransport:
     # ---- host services -------------------------------------------------------------------------
 
     def _host_read(self, source: int, offset: int, dst: int, n: int) -> int:
-        try:
-            return self.sources.read(source, offset, self.host_address(dst, n), n)
+        try:  # wasmtime passes i32 as signed: guest addresses past 2 GiB arrive negative
+            return self.sources.read(source, offset, self.host_address(dst & 0xFFFFFFFF, n), n)
         except BackendError:
             return -1
 
     def _host_log(self, level: int, ptr: int, n: int) -> None:
         with contextlib.suppress(BackendError):
-            self.log.write(level, self.read(ptr, n))
+            self.log.write(level, self.read(ptr & 0xFFFFFFFF, n))
 
     def close(self) -> None:
         self._funcs.clear()

@@ -30,6 +30,7 @@ SUCCESS, EBADF, EINVAL, ENOTCAPABLE, ESPIPE = 0, 8, 28, 76, 70
 FILETYPE_CHARACTER_DEVICE = 2
 RIGHT_FD_WRITE = 1 << 6
 GGML_LOG_INFO, GGML_LOG_ERROR = 2, 4  # the levels LogSink takes (ggml_log_level)
+MAX_WRITE = 65536  # bytes one fd_write takes
 
 _CLOCKS: dict[int, Callable[[], int]] = {
     0: time.time_ns,  # realtime
@@ -41,10 +42,15 @@ _CLOCKS: dict[int, Callable[[], int]] = {
 
 class GuestMemory:
     """Bounds-checked access to the guest's memory, for the calls below (the guest chooses every
-    pointer)."""
+    pointer and length; a bad one raises BackendError before the host allocates anything)."""
 
-    def __init__(self, read: Callable[[int, int], bytes], write: Callable[[int, bytes], None]) -> None:
-        self.read, self.write = read, write
+    def __init__(self, read: Callable[[int, int], bytes], write: Callable[[int, bytes], None],
+                 size: Callable[[], int]) -> None:
+        self.read, self.write, self._size = read, write, size
+
+    def check(self, ptr: int, n: int) -> None:
+        if n < 0 or ptr + n > self._size():
+            raise BackendError(f"guest buffer out of bounds: {ptr}+{n}")
 
     def u32(self, ptr: int) -> int:
         value: int = struct.unpack("<I", self.read(ptr, 4))[0]
@@ -68,7 +74,9 @@ class Wasi:
         return SUCCESS
 
     def random_get(self, buf: int, n: int) -> int:
-        self._mem.write(buf, os.urandom(n))
+        self._mem.check(buf, n)
+        for k in range(0, n, 65536):
+            self._mem.write(buf + k, os.urandom(min(65536, n - k)))
         return SUCCESS
 
     def environ_sizes_get(self, count: int, size: int) -> int:
@@ -83,8 +91,15 @@ class Wasi:
         sink = {1: self.stdout, 2: self.stderr}.get(fd)
         if sink is None:
             return EBADF
-        data = b"".join(self._mem.read(self._mem.u32(iovs + 8 * i), self._mem.u32(iovs + 8 * i + 4))
-                        for i in range(n_iovs))
+        parts, room = [], MAX_WRITE  # at most this much per call: a short write, as POSIX allows
+        for i in range(min(n_iovs, 1024)):
+            ptr, n = self._mem.u32(iovs + 8 * i), self._mem.u32(iovs + 8 * i + 4)
+            self._mem.check(ptr, n)
+            parts.append(self._mem.read(ptr, min(n, room)))
+            room -= len(parts[-1])
+            if room == 0:
+                break
+        data = b"".join(parts)
         sink.write(GGML_LOG_INFO if fd == 1 else GGML_LOG_ERROR, data)
         self._mem.write(written, struct.pack("<I", len(data)))
         return SUCCESS
@@ -146,19 +161,20 @@ def define(linker: wasmtime.Linker, wasi: Wasi) -> None:
     """Defines IMPORTS on the linker, each as the Wasi method of its name."""
     for name, (params, results) in IMPORTS.items():
         fn: Callable[..., Any] = getattr(wasi, name)
-        linker.define_func(MODULE, name, wasmtime.FuncType(params, results), _guarded(fn, bool(results)))
+        unsigned = [str(p) == "i32" for p in params]
+        linker.define_func(MODULE, name, wasmtime.FuncType(params, results), _guarded(fn, unsigned, bool(results)))
 
 
-def _guarded(fn: Callable[..., Any], returns: bool) -> Callable[..., Any]:
-    """A bad guest pointer is EINVAL for the guest (WASI has no EFAULT), never an exception in the host."""
-    if not returns:
-        return fn
-
-    def call(*args: int) -> int:
+def _guarded(fn: Callable[..., Any], unsigned: list[bool], returns: bool) -> Callable[..., Any]:
+    """wasmtime passes i32 as signed: pointers and lengths are unsigned. A bad guest pointer or
+    length is EINVAL for the guest (WASI has no EFAULT), never an exception in the host."""
+    def call(*args: int) -> Any:
+        args = tuple(a & 0xFFFFFFFF if u else a for a, u in zip(args, unsigned, strict=True))
+        if not returns:
+            return fn(*args)
         try:
-            result: int = fn(*args)
-            return result
-        except BackendError:  # a guest pointer out of bounds
+            return fn(*args)
+        except (BackendError, struct.error, ValueError, OverflowError):
             return EINVAL
 
     return call
