@@ -186,7 +186,7 @@ class Context:
     def eval(self, tokens: Sequence[int], *, timeout: float | None = None) -> None:
         """Make the cache hold exactly `tokens` (reusing the longest cached prefix). timeout:
         seconds, then DeadlineExceededError (see generate())."""
-        with self._deadline(timeout):
+        with deadline.after(timeout):
             self._acquire()
             try:
                 with self._stopwatch():
@@ -283,7 +283,7 @@ class Context:
         pooling "none" a (tokens, n_embd) matrix, a row per token. A text longer than a sequence
         raises ContextFullError, or is cut to its first tokens with truncate=True. timeout: see
         generate()."""
-        with self._deadline(timeout), self._stopwatch():
+        with deadline.after(timeout), self._stopwatch():
             return embed_texts(self, [text], normalize=normalize, truncate=truncate, add_special=add_special,
                                parse_special=parse_special)[0]
 
@@ -293,7 +293,7 @@ class Context:
         """embed() for several texts, decoded together: as many per llama_decode as the context
         has sequences (n_seq_max) and n_batch tokens allow. Returns a (texts, n_embd) array (with
         pooling "none", an object array of per-text matrices)."""
-        with self._deadline(timeout), self._stopwatch():
+        with deadline.after(timeout), self._stopwatch():
             vectors = embed_texts(self, texts, normalize=normalize, truncate=truncate, add_special=add_special,
                                   parse_special=parse_special)
         if self.pooling != "none":
@@ -332,7 +332,7 @@ class Context:
             if on_text is not None:
                 raise UnsupportedOptionError("on_text does not combine with a draft (speculative decoding)")
             self._require_logits()
-            with self._deadline(timeout), self._stopwatch():
+            with deadline.after(timeout), self._stopwatch():
                 return speculative.generate(self, draft, self._job(0, prompt, **options), draft_tokens)
         options["timeout"] = timeout
         with self._text_stream(prompt, 1 if on_text else _STEPS_PER_CALL, options) as stream:
@@ -580,12 +580,6 @@ class Context:
         self._record_step(job.seq, job.pending, new, reason)
         if new:
             job.pending = new[-1]
-
-    @contextlib.contextmanager
-    def _deadline(self, timeout: float | None) -> Iterator[None]:
-        """A block under `timeout`: the host's checks and the sandbox's hard stop (deadline.py)."""
-        with deadline.until(deadline.end_of(timeout)):
-            yield
 
     @contextlib.contextmanager
     def _stopwatch(self) -> Iterator[None]:

@@ -49,6 +49,13 @@ def until(end: float | None) -> Iterator[None]:
         _current.reset(token)
 
 
+@contextmanager
+def after(timeout: float | None) -> Iterator[None]:
+    """Calls inside run under a deadline `timeout` seconds from now (None: the current one)."""
+    with until(end_of(timeout)):
+        yield
+
+
 def within(gen: Iterator[T], end: float | None) -> Iterator[T]:
     """A generator's steps under the deadline `end`, set only while it runs (a consumer's own
     calls between its items do not inherit it). Closing this closes `gen`, without a deadline."""

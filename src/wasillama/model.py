@@ -290,7 +290,7 @@ class Model:
         """apply_chat_template() with what generating and parsing the reply need (Context.chat
         uses it): stop strings, the tool-call grammar, the tool-call format."""
         chosen = resolve(ChatOptions, options, chat_options, "chat")
-        with deadline.until(deadline.end_of(timeout)):
+        with deadline.after(timeout):
             return chat.render(self._backend, self._require_handle(), messages, chosen, add_generation_prompt)
 
     def parse_reply(self, prompt: ChatPrompt, text: str) -> ChatMessage:

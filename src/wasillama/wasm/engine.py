@@ -32,7 +32,7 @@ log = logging.getLogger("wasillama")
 
 # Deadlines: the compiled code checks the engine's epoch at function entries and loop heads, and
 # a Store past its epoch deadline traps. A ticker thread advances the epoch every EPOCH_TICK_S
-# while the engine exists. (benchmarks/epoch_cost.py measures what the checks cost; read before
+# from the first call with a deadline on. (benchmarks/epoch_cost.py measures what the checks cost; read before
 # the module is compiled.)
 EPOCH_INTERRUPTION = True
 EPOCH_TICK_S = 0.01
@@ -69,6 +69,21 @@ def _tick(engine: wasmtime.Engine) -> None:
     while True:
         time.sleep(EPOCH_TICK_S)
         engine.increment_epoch()
+
+
+_ticking = False
+
+
+def start_ticking(engine: wasmtime.Engine) -> None:
+    """Start advancing the epoch (once per process, from the first call with a deadline: a
+    process that never sets one wakes no thread)."""
+    global _ticking
+    if _ticking:
+        return
+    with _lock:
+        if not _ticking:
+            threading.Thread(target=_tick, args=(engine,), name="wasillama-epoch", daemon=True).start()
+            _ticking = True
 
 
 def wasmtime_version() -> str:
@@ -145,7 +160,5 @@ def compiled_module() -> CompiledModule:
             _store_cached(module, cached)
         seconds = time.perf_counter() - start
         log.debug("wasm module %s %s in %.3f s", sha[:12], "loaded from cache" if from_cache else "compiled", seconds)
-        if EPOCH_INTERRUPTION:  # the engine lives as long as the process
-            threading.Thread(target=_tick, args=(engine,), name="wasillama-epoch", daemon=True).start()
         _compiled = CompiledModule(engine, module, sha, from_cache, seconds, EPOCH_INTERRUPTION)
         return _compiled

@@ -22,7 +22,7 @@ from ..errors import BackendError, DeadlineExceededError, OutOfMemoryError
 from ..shim.hostio import LogSink, Sources
 from ..shim.turns import TurnLock
 from . import CAPABILITIES
-from .engine import EPOCH_TICK_S, compiled_module
+from .engine import EPOCH_TICK_S, compiled_module, start_ticking
 from .wasi import GuestMemory, Wasi, define
 
 _NO_DEADLINE = 2**62  # epoch ticks: never
@@ -51,6 +51,7 @@ class WasmTransport:
         self._lock = TurnLock()
         self.store = wasmtime.Store(compiled.engine)
         self._epoch = compiled.epoch
+        self._engine = compiled.engine
         if self._epoch:
             self.store.set_epoch_deadline(_NO_DEADLINE)
         self.sources = Sources()
@@ -103,6 +104,7 @@ class WasmTransport:
                 self.store.set_epoch_deadline(_NO_DEADLINE)
             else:
                 deadline.check(f"before {name}")
+                start_ticking(self._engine)
                 grace = deadline.DECODE_GRACE_S if name in _DECODES else deadline.GRACE_S
                 self.store.set_epoch_deadline(max(1, math.ceil((left + grace) / EPOCH_TICK_S)))
         try:
