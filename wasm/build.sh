@@ -125,6 +125,7 @@ done
 "$CC" ${common[@]} "${eh_flags[@]}" -std=c11 -c "$zlib/libunwind/src/Unwind-wasm.c" -o "$obj/Unwind-wasm.o"
 "$CC" ${common[@]} -c "$here/runtime/cpp_exception_tag.S" -o "$obj/cpp_exception_tag.o"
 "$CXX" ${common[@]} -std=c++17 -c "$here/runtime/operator_new.cpp" -o "$obj/operator_new.o"
+"$CC" ${common[@]} -std=c11 -Wall -Wextra -Werror -c "$here/runtime/sbrk.c" -o "$obj/sbrk.o"
 # llama.cpp's headers as system headers: the shim is built with -Werror, and common/'s headers
 # (the Jinja engine's) warn about their own unused static functions.
 shim_inc=(-isystem "$src/include" -isystem "$src/ggml/include" -isystem "$src/common" -isystem "$src/vendor")

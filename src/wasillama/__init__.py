@@ -30,7 +30,7 @@ from .errors import (
 )
 from .lora import Lora
 from .model import Model
-from .options import ChatOptions, ContextOptions, LoadOptions, Sampling
+from .options import ChatOptions, ContextOptions, LoadOptions, Sampling, SandboxOptions
 from .results import GenerationResult, Timings, TokenLogprob, TopLogprob
 from .shim.abi import ModelInfo
 from .streams import AsyncTextStream, BatchStream, TextStream
@@ -45,6 +45,6 @@ __all__ = [
     "ChatOptions", "ChatPrompt", "ChatTemplateError", "ClosedError", "ConcurrentUseError", "Context",
     "ContextFullError", "ContextOptions", "DeadlineExceededError", "DecodeError", "GenerationResult",
     "InvalidArgumentError", "LoadOptions", "Lora", "Model", "ModelInfo", "ModelLoadError", "ModelNotFoundError",
-    "ModelTooLargeError", "OutOfMemoryError", "Sampling", "TextStream", "Timings", "TokenLogprob", "ToolCall",
-    "TopLogprob", "UnsupportedOptionError", "WasillamaError", "__version__", "embed",
+    "ModelTooLargeError", "OutOfMemoryError", "SandboxOptions", "Sampling", "TextStream", "Timings", "TokenLogprob",
+    "ToolCall", "TopLogprob", "UnsupportedOptionError", "WasillamaError", "__version__", "embed",
 ]

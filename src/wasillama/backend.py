@@ -103,6 +103,13 @@ class Backend(Protocol):
 
     def close(self) -> None: ...
 
+    @property
+    def poisoned(self) -> str | None:
+        """Why this backend instance can no longer be used (a trap in the wasm guest), or None."""
+        ...
+
+    def limit_memory(self, n: int) -> None: ...  # cap what it may allocate (capabilities.memory_cap)
+
     def system_info(self) -> str: ...
 
     def devices(self) -> list[Device]: ...

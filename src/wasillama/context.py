@@ -71,7 +71,9 @@ class Context:
 
     def __init__(self, model: Model, params: ContextParams) -> None:
         self._model = model
+        self._params = params
         self._backend = model._backend
+        self._generation = model._sandbox.generation  # the sandbox instance self._handle lives in
         self._cached: list[list[int]] = []  # per sequence: the tokens the KV cache holds
         self._busy = threading.Lock()
         self._abort_requested = False
@@ -131,6 +133,28 @@ class Context:
                 "this Context is already in use (by another thread, or by an unfinished stream); "
                 "use one Context per concurrent conversation")
         self._abort_requested = False
+        try:
+            self._model._require_handle()  # rebuilds a trapped sandbox when the model says so
+            if self._generation != self._model._sandbox.generation:
+                self._rebind()
+        except BaseException:
+            self._busy.release()
+            raise
+
+    def _rebind(self) -> None:
+        """Make this context again in the model's rebuilt sandbox: same options and adapters, an
+        empty cache (what the old one held died with it)."""
+        model = self._model
+        backend, generation = model._backend, model._sandbox.generation
+        handle = backend.new_context(model._require_handle(), self._params)
+        try:
+            if self._loras:
+                backend.set_loras(handle, [lora._require_handle() for lora in self._loras], list(self._loras.values()))
+        except BaseException:
+            backend.free_context(handle)
+            raise
+        self._backend, self._handle, self._generation = backend, handle, generation
+        self._forget_cache()
 
     def _release(self) -> None:
         """End an operation: a late abort() must not stop the next one."""
@@ -186,7 +210,7 @@ class Context:
     def eval(self, tokens: Sequence[int], *, timeout: float | None = None) -> None:
         """Make the cache hold exactly `tokens` (reusing the longest cached prefix). timeout:
         seconds, then DeadlineExceededError (see generate())."""
-        with deadline.after(timeout):
+        with deadline.after(self._model._timeout(timeout)):
             self._acquire()
             try:
                 with self._stopwatch():
@@ -283,7 +307,7 @@ class Context:
         pooling "none" a (tokens, n_embd) matrix, a row per token. A text longer than a sequence
         raises ContextFullError, or is cut to its first tokens with truncate=True. timeout: see
         generate()."""
-        with deadline.after(timeout), self._stopwatch():
+        with deadline.after(self._model._timeout(timeout)), self._stopwatch():
             return embed_texts(self, [text], normalize=normalize, truncate=truncate, add_special=add_special,
                                parse_special=parse_special)[0]
 
@@ -293,7 +317,7 @@ class Context:
         """embed() for several texts, decoded together: as many per llama_decode as the context
         has sequences (n_seq_max) and n_batch tokens allow. Returns a (texts, n_embd) array (with
         pooling "none", an object array of per-text matrices)."""
-        with deadline.after(timeout), self._stopwatch():
+        with deadline.after(self._model._timeout(timeout)), self._stopwatch():
             vectors = embed_texts(self, texts, normalize=normalize, truncate=truncate, add_special=add_special,
                                   parse_special=parse_special)
         if self.pooling != "none":
@@ -332,7 +356,7 @@ class Context:
             if on_text is not None:
                 raise UnsupportedOptionError("on_text does not combine with a draft (speculative decoding)")
             self._require_logits()
-            with deadline.after(timeout), self._stopwatch():
+            with deadline.after(self._model._timeout(timeout)), self._stopwatch():
                 return speculative.generate(self, draft, self._job(0, prompt, **options), draft_tokens)
         options["timeout"] = timeout
         with self._text_stream(prompt, 1 if on_text else _STEPS_PER_CALL, options) as stream:
@@ -377,7 +401,7 @@ class Context:
 
     def _text_stream(self, prompt: str | Sequence[int], chunk: int, options: Mapping[str, Any]) -> TextStream:
         options = dict(options)
-        end = deadline.end_of(options.pop("timeout", None))  # from now: the stream starts at once
+        end = deadline.end_of(self._model._timeout(options.pop("timeout", None)))  # from now: it starts at once
         job = self._job(0, prompt, **options)
         cancel = threading.Event()
         return TextStream(deadline.within(self._run([job], chunk, cancel), end), self._canceller(cancel))
@@ -415,7 +439,7 @@ class Context:
     def _batch_stream(self, prompts: Sequence[str | Sequence[int] | Mapping[str, Any]], chunk: int,
                       options: Mapping[str, Any]) -> BatchStream:
         options = dict(options)
-        end = deadline.end_of(options.pop("timeout", None))
+        end = deadline.end_of(self._model._timeout(options.pop("timeout", None)))
         cancel = threading.Event()
         return BatchStream(deadline.within(self._run(self._jobs(prompts, options), chunk, cancel), end),
                            self._canceller(cancel))
@@ -441,7 +465,7 @@ class Context:
                       options: Mapping[str, Any]) -> tuple[str, dict[str, Any]]:
         """The rendered prompt, and generate()'s options for answering it."""
         chat_fields = names(ChatOptions)
-        end = deadline.end_of(options.get("timeout"))  # one deadline for rendering and answering
+        end = deadline.end_of(self._model._timeout(options.get("timeout")))  # one for rendering and answering
         with deadline.until(end):
             rendered = self._model.render_chat(messages, chat,
                                                **{k: v for k, v in options.items() if k in chat_fields})

@@ -46,7 +46,7 @@ class Lora:
             self._closed = True
         if not self._model.closed:
             with contextlib.suppress(WasillamaError):  # a poisoned sandbox was dropped whole
-                self._model._backend.free_lora(self._handle)
+                self._model._sandbox.backend.free_lora(self._handle)
 
     def __enter__(self) -> Lora:
         return self

@@ -21,9 +21,17 @@ from . import chat, deadline
 from .backend import Backend, Buffer, ModelSource, installed_plugins, load_plugin
 from .chat import ChatMessage, ChatPrompt, Message
 from .context import Context
-from .errors import ClosedError, DeadlineExceededError, ModelLoadError, UnsupportedOptionError, WasillamaError
+from .errors import (
+    ClosedError,
+    DeadlineExceededError,
+    ModelLoadError,
+    OutOfMemoryError,
+    UnsupportedOptionError,
+    WasillamaError,
+)
 from .lora import Lora
-from .options import ChatOptions, ContextOptions, LoadOptions, resolve
+from .options import ChatOptions, ContextOptions, LoadOptions, SandboxOptions, names, resolve
+from .sandbox import Sandbox
 from .shim.abi import ContextParams, ModelInfo, ModelParams
 
 log = logging.getLogger("wasillama")
@@ -46,28 +54,40 @@ def _choose_backend(requested: BackendName, source: ModelSource, gpu_layers: int
 class Model:
     """A loaded GGUF model. Use ``Model.load(...)``; close it (or use ``with``) when done."""
 
-    def __init__(self, backend: Backend, handle: int, source: ModelSource, owns_backend: bool) -> None:
-        self._backend = backend
+    def __init__(self, sandbox: Sandbox, handle: int, source: ModelSource, params: ModelParams,
+                 tensor_split: Sequence[float] = ()) -> None:
+        self._sandbox = sandbox
         self._handle = handle
         self._source = source
-        self._owns_backend = owns_backend
+        self._params = params
+        self._tensor_split = tuple(tensor_split)
         self._closed = False
         self._lock = threading.Lock()
         self._contexts: weakref.WeakSet[Context] = weakref.WeakSet()
+        self._loras: weakref.WeakSet[Lora] = weakref.WeakSet()
         self._pieces: dict[tuple[int, bool], bytes] = {}
         self._grammars: dict[str, str] = {}
-        self.info: ModelInfo = backend.model_info(handle)
+        self.info: ModelInfo = sandbox.backend.model_info(handle)
+
+    @property
+    def _backend(self) -> Backend:
+        """The live backend (rebuilt first after a trap when on_trap="rebuild"; so are the handles
+        read after it)."""
+        self._revive()
+        return self._sandbox.backend
 
     @classmethod
     def load(cls, source: str | os.PathLike[str] | Buffer, *, backend: BackendName = "wasm",
              trust_model: bool = False, options: LoadOptions | None = None,
-             progress: Callable[[float], bool | None] | None = None, timeout: float | None = None,
-             **load_options: Any) -> Model:
+             sandbox: SandboxOptions | None = None, progress: Callable[[float], bool | None] | None = None,
+             timeout: float | None = None, **load_options: Any) -> Model:
         """Load a GGUF model from a path or from bytes.
 
         options: a LoadOptions (its defaults when omitted); keyword arguments named like its
         fields (gpu_layers, main_gpu, tensor_split, mmap, mlock, vocab_only, check_tensors)
         override it.
+        sandbox: a SandboxOptions (max_memory, default_timeout, on_trap="rebuild"); keyword
+        arguments named like its fields override it too.
         progress: called with the fraction of the file read so far (0.0 ... 1.0, every 1% at
         most; a file the native backend maps reports 0.0 and 1.0 only); returning False stops
         the load with ModelLoadError.
@@ -80,7 +100,11 @@ class Model:
         "auto" picks native only when the plugin is installed and the model is too big for
         wasm32 or GPU layers were asked for (still subject to trust_model).
         """
-        opts = resolve(LoadOptions, options, load_options, "Model.load")
+        sandbox_fields = names(SandboxOptions)
+        box = resolve(SandboxOptions, sandbox, {k: v for k, v in load_options.items() if k in sandbox_fields},
+                      "Model.load")
+        opts = resolve(LoadOptions, options, {k: v for k, v in load_options.items() if k not in sandbox_fields},
+                       "Model.load")
         src = ModelSource.of(source)
         if src.size == 0:
             raise ModelLoadError(f"{src.describe()} is empty (0 bytes): not a GGUF model file")
@@ -92,27 +116,30 @@ class Model:
             raise UnsupportedOptionError(
                 f"the {name} backend runs llama.cpp without a sandbox: a malicious model file can "
                 "compromise this process. Pass trust_model=True if you trust the file.")
-        be: Backend = plugin.create()
-        end = deadline.end_of(timeout)
+        cap = box.memory_cap
+        if cap is not None and src.size > cap:
+            raise OutOfMemoryError(f"{src.describe()} holds {src.size / 2**20:.1f} MiB of weights, more than the "
+                                   f"sandbox's memory cap of {cap / 2**20:.1f} MiB (max_memory)")
+        end = deadline.end_of(box.default_timeout if timeout is None else timeout)
+        box_ = Sandbox(plugin, box)
         try:
             with deadline.until(end):
                 try:
-                    handle = be.load_model(src, params, opts.tensor_split, progress)
+                    handle = box_.backend.load_model(src, params, opts.tensor_split, progress)
                 except ModelLoadError as e:  # a read refused at the deadline looks like a short file
                     if end is not None and time.monotonic() >= end:
                         raise DeadlineExceededError(f"the deadline passed while loading {src.describe()}") from e
                     raise
         except BaseException:
-            if plugin.per_model:
-                be.close()  # the whole sandbox goes, and with it every handle in it
+            box_.close()  # the whole sandbox goes, and with it every handle in it
             raise
         try:
-            return cls(be, handle, src, owns_backend=plugin.per_model)
+            return cls(box_, handle, src, params, opts.tensor_split)
         except BaseException:
-            if plugin.per_model:
-                be.close()
+            if box_.owns_backend:
+                box_.close()
             else:
-                be.free_model(handle)
+                box_.backend.free_model(handle)
             raise
 
     # ---- lifecycle ---------------------------------------------------------------------------
@@ -122,9 +149,41 @@ class Model:
         return self._closed
 
     def _require_handle(self) -> int:
+        """The model's handle in a live sandbox: after a trap, rebuilt first when on_trap="rebuild"."""
         if self._closed:
             raise ClosedError("the model is closed")
+        self._revive()
         return self._handle
+
+    def _revive(self) -> None:
+        if self._sandbox.rebuilds_on_trap and self._sandbox.poisoned is not None and not self._closed:
+            self._sandbox.rebuild(self._restore)
+
+    def _restore(self, backend: Backend) -> None:
+        """Load this model (and its LoRA adapters) into a fresh sandbox: Sandbox.rebuild's step."""
+        handle = backend.load_model(self._source, self._params, self._tensor_split)
+        info = backend.model_info(handle)
+        if info != self.info:
+            raise ModelLoadError(f"{self._source.describe()} is not the model it was when loaded (it changed on "
+                                 "disk): the sandbox cannot be rebuilt")
+        loras = [(lora, backend.load_lora(handle, lora._source)) for lora in list(self._loras) if not lora.closed]
+        self._handle = handle
+        for lora, lora_handle in loras:
+            lora._handle = lora_handle
+
+    @property
+    def poisoned(self) -> str | None:
+        """Why the model's sandbox is unusable (the guest trapped), or None. With
+        on_trap="rebuild" the next call rebuilds it."""
+        return None if self._closed else self._sandbox.poisoned
+
+    @property
+    def sandbox_options(self) -> SandboxOptions:
+        return self._sandbox.options
+
+    def _timeout(self, timeout: float | None) -> float | None:
+        """A call's timeout, or the sandbox's default."""
+        return self._sandbox.timeout(timeout)
 
     def close(self) -> None:
         """Close every context of this model, then free the weights. Idempotent."""
@@ -139,11 +198,24 @@ class Model:
                 return
             self._closed = True
         try:
-            self._backend.free_model(self._handle)
+            self._sandbox.backend.free_model(self._handle)
         except WasillamaError as e:  # a poisoned sandbox cannot free; it is dropped whole below
             log.debug("freeing the model failed: %s", e)
-        if self._owns_backend:
-            self._backend.close()
+        self._sandbox.close()
+
+    def _check_cache_fits(self, params: ContextParams) -> None:
+        """OutOfMemoryError before the allocation when the KV cache alone (f16, full attention:
+        what can be known up front) and the weights exceed the sandbox's memory cap."""
+        cap = self._sandbox.options.memory_cap
+        i = self.info
+        if cap is None or i.n_swa or params.type_k not in (-1, 1) or params.type_v not in (-1, 1) or not i.n_head:
+            return
+        n_ctx = params.n_ctx or i.n_ctx_train
+        kv = n_ctx * i.n_layer * i.n_head_kv * (i.n_embd // i.n_head) * 2 * 2  # K and V, 2 bytes each
+        if kv + i.size_bytes > cap:
+            raise OutOfMemoryError(
+                f"a {n_ctx}-token cache needs {kv / 2**20:.1f} MiB beside {i.size_bytes / 2**20:.1f} MiB of weights, "
+                f"more than the sandbox's memory cap of {cap / 2**20:.1f} MiB (max_memory): ask for a smaller n_ctx")
 
     def _forget(self, ctx: Context) -> None:
         self._contexts.discard(ctx)
@@ -244,7 +316,9 @@ class Model:
         model). Apply it with ``ctx.set_loras({lora: scale})``. A file for another model (other
         architecture or shapes) raises ModelLoadError."""
         src = ModelSource.of(source)
-        return Lora(self, self._backend.load_lora(self._require_handle(), src), src)
+        lora = Lora(self, self._backend.load_lora(self._require_handle(), src), src)
+        self._loras.add(lora)
+        return lora
 
     def schema_grammar(self, schema: str) -> str:
         """The GBNF grammar of a JSON schema (llama.cpp's converter, run by the backend: inside
@@ -290,7 +364,7 @@ class Model:
         """apply_chat_template() with what generating and parsing the reply need (Context.chat
         uses it): stop strings, the tool-call grammar, the tool-call format."""
         chosen = resolve(ChatOptions, options, chat_options, "chat")
-        with deadline.after(timeout):
+        with deadline.after(self._timeout(timeout)):
             return chat.render(self._backend, self._require_handle(), messages, chosen, add_generation_prompt)
 
     def parse_reply(self, prompt: ChatPrompt, text: str) -> ChatMessage:
@@ -306,6 +380,7 @@ class Model:
         them). Keyword arguments named like ContextOptions' fields override `options`."""
         params = ContextParams.of(resolve(ContextOptions, options, context_options, "new_context"))
         self._require_handle()
+        self._check_cache_fits(params)
         ctx = Context(self, params)
         with self._lock:
             closing = self._closed

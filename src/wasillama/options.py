@@ -14,6 +14,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal, TypeVar
@@ -25,6 +26,60 @@ T = TypeVar("T")
 Pooling = Literal["none", "mean", "cls", "last", "rank"]
 
 MAX_TOKENS = 256  # tokens generate() produces at most unless told otherwise
+
+OnTrap = Literal["raise", "rebuild"]
+
+_SIZE_UNITS = {"": 1, "b": 1, "kb": 10**3, "mb": 10**6, "gb": 10**9, "kib": 2**10, "mib": 2**20, "gib": 2**30}
+
+
+def parse_size(value: int | str, what: str) -> int:
+    """Bytes from an int or a string such as "512MiB", "2 GiB", "1.5GB" (or InvalidArgumentError)."""
+    if isinstance(value, bool):
+        raise InvalidArgumentError(f"{what} must be a number of bytes, not {value!r}")
+    if isinstance(value, int):
+        n = value
+    else:
+        m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([a-zA-Z]*)\s*", str(value))
+        unit = m.group(2).lower() if m else ""
+        if m is None or unit not in _SIZE_UNITS:
+            raise InvalidArgumentError(f"{what} must be bytes or a size such as '2GiB', not {value!r}")
+        n = int(float(m.group(1)) * _SIZE_UNITS[unit])
+    if n <= 0:
+        raise InvalidArgumentError(f"{what} must be positive, not {value!r}")
+    return n
+
+
+@dataclass(frozen=True)
+class SandboxOptions:
+    """The sandbox a Model runs in (Model.load; the wasm backend's own).
+
+    max_memory: the most guest memory the sandbox may hold, in bytes or as "2GiB"; loading or
+    decoding past it raises OutOfMemoryError, and the process and other Models never notice.
+    default_timeout: the `timeout=` (seconds) of every call on this Model and its Contexts that
+    computes, when the call names none.
+    on_trap: after the guest traps (a hostile file's assert, a hard stop at a deadline) the
+    sandbox is unusable; "raise" makes every later call say so, "rebuild" makes the next call
+    build a fresh sandbox from the compiled module and load the model into it again (its
+    Contexts start with empty caches). Nothing of the trapped instance is reused.
+    """
+
+    max_memory: int | str | None = None
+    default_timeout: float | None = None
+    on_trap: OnTrap = "raise"
+
+    def __post_init__(self) -> None:
+        if self.max_memory is not None:
+            object.__setattr__(self, "max_memory", parse_size(self.max_memory, "max_memory"))
+        if self.default_timeout is not None and not self.default_timeout > 0:
+            raise InvalidArgumentError(f"default_timeout must be a positive number of seconds, not "
+                                       f"{self.default_timeout!r}")
+        if self.on_trap not in ("raise", "rebuild"):
+            raise InvalidArgumentError(f"on_trap must be 'raise' or 'rebuild', not {self.on_trap!r}")
+
+    @property
+    def memory_cap(self) -> int | None:
+        """max_memory in bytes."""
+        return None if self.max_memory is None else int(self.max_memory)
 
 
 @dataclass(frozen=True)

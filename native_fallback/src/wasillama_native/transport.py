@@ -212,6 +212,12 @@ class CtypesTransport:
     def host_address(self, ptr: int, n: int) -> int:
         return ptr
 
+    def limit_memory(self, n: int) -> None:
+        raise BackendUnavailableError("the native backend is not a sandbox: it cannot cap its memory")
+
+    def memory_refusal(self) -> None:
+        return None
+
     def close(self) -> None:
         """The library stays loaded for the process (other models may use it)."""
 

@@ -32,6 +32,7 @@ from ..errors import (
     InvalidArgumentError,
     ModelLoadError,
     ModelTooLargeError,
+    OutOfMemoryError,
     UnsupportedOptionError,
     WasillamaError,
 )
@@ -90,6 +91,16 @@ class ShimBackend:
     def transport(self) -> Transport:
         return self._t
 
+    @property
+    def poisoned(self) -> str | None:
+        return self._t.poisoned
+
+    def limit_memory(self, n: int) -> None:
+        if not self.capabilities.memory_cap:
+            raise UnsupportedOptionError(f"the {self.name} backend cannot cap its memory (max_memory= needs "
+                                         "the wasm sandbox)")
+        self._locked(lambda: self._t.limit_memory(n))
+
     # ---- plumbing ----------------------------------------------------------------------------
 
     def _locked(self, fn: Callable[[], T]) -> T:
@@ -102,7 +113,11 @@ class ShimBackend:
         """A call that returns a status; a negative one raises its WasillamaError."""
         rc = self._t.call(name, *args)
         if rc < 0:
-            raise abi.error_for(rc, self._last_error())
+            message = self._last_error()
+            refusal = self._t.memory_refusal() if self.capabilities.memory_cap else None
+            if refusal is not None:
+                raise OutOfMemoryError(f"{message}: {refusal}")
+            raise abi.error_for(rc, message)
         return rc
 
     def _last_error(self) -> str:

@@ -18,7 +18,7 @@ if TYPE_CHECKING:
 WASM32_MODEL_LIMIT = 3_500_000_000
 
 CAPABILITIES = Capabilities(sandboxed=True, threads=False, gpu=False, mlock=False, flash_attn=False,
-                            path_loads=False, max_model_bytes=WASM32_MODEL_LIMIT)
+                            path_loads=False, max_model_bytes=WASM32_MODEL_LIMIT, memory_cap=True)
 
 
 class _Plugin:

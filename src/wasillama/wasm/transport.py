@@ -36,6 +36,10 @@ _UNTIMED = frozenset({"malloc", "free", "wl_error_last", "wl_sampler_free", "wl_
 _DECODES = frozenset({"wl_context_decode", "wl_context_generate"})
 
 
+def _mib(n: int) -> str:
+    return f"{n / 2**20:.1f} MiB"
+
+
 class WasmTransport:
     """A live llama.wasm instance."""
 
@@ -70,9 +74,14 @@ class WasmTransport:
         assert isinstance(memory, wasmtime.Memory)
         self.memory = memory
         self._exports = exports
+        self._export_names = frozenset(e.name for e in module.exports)
         self._funcs: dict[str, wasmtime.Func] = {}
         # A reactor runs its static constructors in _initialize (llama.cpp's tables live there).
         self.call("_initialize")
+        self._memory_cap: int | None = None
+        # where the guest's sbrk records a growth the cap refused (wasm/runtime/sbrk.c; 0: a module
+        # without it, such as the ABI tests' stand-ins)
+        self._heap_watch = self.call("wl_heap_watch") & 0xFFFFFFFF if "wl_heap_watch" in self._export_names else 0
 
     @property
     def lock(self) -> TurnLock:
@@ -97,7 +106,8 @@ class WasmTransport:
         deadline (deadline.py) is its hard stop: past it by GRACE_S the guest traps, and the
         call raises DeadlineExceededError."""
         if self._poisoned is not None:
-            raise BackendError(f"the sandbox is unusable after an earlier failure: {self._poisoned}")
+            raise BackendError(f"the sandbox is unusable after an earlier failure: {self._poisoned} (close the "
+                               "model and load it again; a model loaded with on_trap='rebuild' does that itself)")
         left = None if name in _UNTIMED else deadline.remaining()
         if self._epoch:
             if left is None:
@@ -116,6 +126,10 @@ class WasmTransport:
             last = self.wasi.stderr.last_error or self.log.last_error
             why = f" after: {last}" if last else ""
             self._poisoned = f"guest trapped in {name}{why} ({e.message.splitlines()[0]})"
+            refusal = self.memory_refusal()
+            if refusal is not None:  # llama.cpp asserted on a NULL from malloc: out of memory
+                self._poisoned = f"the guest ran out of memory in {name}: {refusal}"
+                raise OutOfMemoryError(f"{self._poisoned}; this sandbox is unusable now") from e
             raise BackendError(self._poisoned) from e
         except wasmtime.WasmtimeError as e:
             self._poisoned = f"guest failed in {name}: {e}"
@@ -163,5 +177,33 @@ class WasmTransport:
         with contextlib.suppress(BackendError):
             self.log.write(level, self.read(ptr & 0xFFFFFFFF, n))
 
+    def limit_memory(self, n: int) -> None:
+        """memory.grow past n bytes fails (malloc returns NULL, llama.cpp reports it): the guest
+        learns it is out of memory, the host is not."""
+        if n < self.memory.data_len(self.store):
+            raise OutOfMemoryError(f"a memory cap of {n} bytes is below what the sandbox already holds "
+                                   f"({self.memory.data_len(self.store)} bytes)")
+        self.store.set_limits(memory_size=n)
+        self._memory_cap = n
+
+    def memory_refusal(self) -> str | None:
+        """Read (and reset) what sbrk recorded: the growth the cap refused."""
+        if self._memory_cap is None or not self._heap_watch:
+            return None
+        cell = self._view(self._heap_watch, 4)
+        asked = int.from_bytes(bytes(cell), "little")
+        if not asked:
+            return None
+        ctypes.memset(cell, 0, 4)
+        held = self.memory.data_len(self.store)
+        return (f"the sandbox's memory cap of {_mib(self._memory_cap)} (max_memory) refused the guest "
+                f"{_mib(asked)} more; it holds {_mib(held)}")
+
     def close(self) -> None:
+        """Drop the instance and its memory now (not when the garbage collector gets to them): a
+        host that loads and closes models all day must not hold their heaps."""
         self._funcs.clear()
+        self._exports = None  # type: ignore[assignment]
+        if self._poisoned is None:
+            self._poisoned = "the sandbox was closed"
+        self.store.close()
