@@ -12,7 +12,7 @@ import json
 import logging
 import secrets
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import cached_property
 from typing import TYPE_CHECKING, Any
@@ -90,6 +90,8 @@ def render(backend: Backend, model: int, messages: Sequence[Message], options: C
         "add_generation_prompt": add_generation_prompt,
         "now": time.time(),  # the date some templates print: the host's clock, not the guest's
     }
+    if not options.allow_control_tokens:
+        _refuse_control_tokens(backend, model, request["messages"])
     if options.template is not None:
         if not options.template:
             raise InvalidArgumentError("the chat template is empty")
@@ -147,6 +149,34 @@ def _message(m: Message, i: int) -> dict[str, Any]:
     if calls:
         out["tool_calls"] = [c.to_dict() if isinstance(c, ToolCall) else c for c in calls]
     return out
+
+
+def _texts(value: Any) -> Iterator[str]:
+    """Every string inside a message's value (content parts, tool-call arguments, ...)."""
+    if isinstance(value, str):
+        yield value
+    elif isinstance(value, Mapping):
+        for v in value.values():
+            yield from _texts(v)
+    elif isinstance(value, (list, tuple)):
+        for v in value:
+            yield from _texts(v)
+
+
+def _refuse_control_tokens(backend: Backend, model: int, messages: Sequence[Mapping[str, Any]]) -> None:
+    """InvalidArgumentError when a message's text spells a control token ("<|im_start|>"): the
+    rendered prompt is tokenized with control tokens parsed (the template's own must be), so such
+    text would let whoever wrote the message forge turns the template never wrote."""
+    for i, m in enumerate(messages):
+        for key, value in m.items():
+            if key == "role":
+                continue
+            for text in _texts(value):
+                raw = text.encode("utf-8", "surrogatepass")
+                if list(backend.tokenize(model, raw, False, True)) != list(backend.tokenize(model, raw, False, False)):
+                    raise InvalidArgumentError(
+                        f"message {i} ({key}) spells a control token of the model's vocabulary: it could forge "
+                        "chat turns (pass allow_control_tokens=True if the text is trusted)")
 
 
 def _tool(t: Mapping[str, Any], i: int) -> dict[str, Any]:

@@ -217,6 +217,8 @@ class ChatOptions:
     parallel_tool_calls: bool = False  # several calls in one reply (when the template can)
     enable_thinking: bool = True  # for templates that have a thinking switch
     template_kwargs: Mapping[str, Any] = field(default_factory=dict)  # extra template variables
+    # message text that spells a control token ("<|im_start|>") is refused: it would forge turns
+    allow_control_tokens: bool = False
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "tools", tuple(self.tools))

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import random
+import struct
 import sys
 import time
 from collections import Counter
@@ -52,7 +53,6 @@ def _mutate_kv(g: Gguf, rng: random.Random) -> str:
             value = rng.choice(BOUNDARY) % (1 << bits)
             if fmt[1].islower():
                 value = value - (1 << bits) if value >= 1 << (bits - 1) else value
-        import struct
         item.payload = struct.pack(fmt, value)
         return f"kv {item.key.decode(errors='replace')}={value}"
     if item.vtype == STRING:
@@ -62,7 +62,8 @@ def _mutate_kv(g: Gguf, rng: random.Random) -> str:
         elif choice == 1:
             item.payload = gguf_craft.string(bytes(rng.randrange(256) for _ in range(rng.randrange(64))))
         else:
-            item.payload = gguf_craft.string(item.payload[8:] * rng.choice([2, 100, 10000]))
+            body = item.payload[8:]
+            item.payload = gguf_craft.string(body * min(rng.choice([2, 100, 10000]), 2**20 // max(1, len(body))))
         return f"kv {item.key.decode(errors='replace')} string"
     if item.vtype == ARRAY:
         sub, n, body = gguf_craft.array_items(item)

@@ -95,9 +95,10 @@ class Gguf:
     tail: bytes = b""              # written after the data
     extra: dict[str, bytes] = field(default_factory=dict)
 
-    def copy(self, **changes: object) -> Gguf:
-        return replace(self, kvs=list(self.kvs), tensors=[replace(t, dims=list(t.dims)) for t in self.tensors],
-                       **changes)  # type: ignore[arg-type]
+    def copy(self, n_kv: int | None = None, n_tensors: int | None = None) -> Gguf:
+        """A deep copy (KVs and tensor infos too), with the counts' lies if given."""
+        return replace(self, kvs=[replace(item) for item in self.kvs],
+                       tensors=[replace(t, dims=list(t.dims)) for t in self.tensors], n_kv=n_kv, n_tensors=n_tensors)
 
     # ---- key-values ----
     def index(self, key: str) -> int:
