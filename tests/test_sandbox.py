@@ -88,10 +88,11 @@ def test_the_native_backend_cannot_cap_memory(synthetic_model: Path) -> None:
 
 
 def test_weights_past_the_cap_are_refused_up_front(synthetic_model: Path) -> None:
-    size = synthetic_model.stat().st_size
-    with pytest.raises(OutOfMemoryError, match=r"MiB of weights.*memory cap of 1\.0 MiB"):
+    assert synthetic_model.stat().st_size > 12 * 2**20
+    with pytest.raises(OutOfMemoryError, match=r"MiB of weights.*memory cap of 12\.0 MiB"):
+        wasillama.Model.load(synthetic_model, max_memory="12MiB")
+    with pytest.raises(OutOfMemoryError, match=r"max_memory\) of 1\.0 MiB is below the .* MiB the sandbox holds"):
         wasillama.Model.load(synthetic_model, max_memory="1MiB")
-    assert size > 2**20
 
 
 def test_a_cache_past_the_cap_is_refused_up_front(synthetic_model: Path) -> None:
@@ -119,7 +120,10 @@ def test_an_allocation_past_the_cap_fails_alone(synthetic_model: Path, reference
     worker = threading.Thread(target=keep_generating)
     worker.start()
     try:
+        while not seen:  # the other model is generating before the first refusal
+            time.sleep(0.01)
         with wasillama.Model.load(synthetic_model, max_memory="96MiB", on_trap="rebuild") as capped:
+            during = len(seen)
             for _ in range(3):
                 with pytest.raises(OutOfMemoryError, match=r"memory cap of 96\.0 MiB \(max_memory\) refused the guest "
                                                            r"\d+\.\d MiB more; it holds \d+\.\d MiB") as oom:
@@ -127,10 +131,12 @@ def test_an_allocation_past_the_cap_fails_alone(synthetic_model: Path, reference
                 assert "max_memory" in str(oom.value)
                 with capped.new_context(n_ctx=256) as ctx:  # rebuilt if the guest trapped
                     assert greedy(ctx, 16) == reference
+            while len(seen) <= during:  # ... and after
+                time.sleep(0.01)
     finally:
         stop.set()
         worker.join()
-    assert seen and all(tokens == reference for tokens in seen)
+    assert all(tokens == reference for tokens in seen)
     with other, other.new_context(n_ctx=256) as ctx:
         assert greedy(ctx, 16) == reference
 
@@ -174,6 +180,56 @@ def test_contexts_and_adapters_survive_a_rebuild(synthetic_model: Path, tmp_path
         assert greedy(ctx, 16) != with_lora  # the adapter was really applied after the rebuild
 
 
+def test_embeddings_and_a_draft_survive_a_rebuild(synthetic_model: Path, synthetic_q8: Path) -> None:
+    with wasillama.Model.load(synthetic_model, on_trap="rebuild") as m, \
+            wasillama.Model.load(synthetic_q8, on_trap="rebuild") as small:
+        with m.new_context(n_ctx=256, embeddings=True, pooling="mean") as ectx:
+            before = ectx.embed("hello world")
+            force_a_trap(m)
+            assert (ectx.embed("hello world") == before).all()
+        with m.new_context(n_ctx=256) as ctx, small.new_context(n_ctx=256) as dctx:
+            spec = ctx.generate(PROMPT, max_tokens=12, temperature=0, draft=dctx).tokens
+            force_a_trap(m)
+            assert ctx.generate(PROMPT, max_tokens=12, temperature=0, draft=dctx).tokens == spec
+            force_a_trap(small)  # the draft's sandbox, this time
+            assert ctx.generate(PROMPT, max_tokens=12, temperature=0, draft=dctx).tokens == spec
+
+
+def test_a_closed_adapter_a_context_still_uses_survives_a_rebuild(synthetic_model: Path, tmp_path: Path) -> None:
+    lora_path = synthetic.write_lora(tmp_path / "a.gguf", seed=1, strength=3.0)
+    with wasillama.Model.load(synthetic_model, on_trap="rebuild") as m, m.new_context(n_ctx=256) as ctx:
+        lora = m.load_lora(lora_path)
+        ctx.set_loras({lora: 1.0})
+        with_lora = greedy(ctx, 16)
+        lora.close()  # the context keeps it while it applies
+        force_a_trap(m)
+        assert greedy(ctx, 16) == with_lora
+        ctx.set_loras({})
+        assert greedy(ctx, 16) != with_lora
+
+
+def test_threads_that_find_a_trapped_sandbox_rebuild_it_once(synthetic_model: Path) -> None:
+    with wasillama.Model.load(synthetic_model, on_trap="rebuild") as m:
+        expected = m.tokenize("many threads at once")
+        force_a_trap(m)
+        results: list[object] = []
+
+        def call() -> None:
+            try:
+                results.append(m.tokenize("many threads at once"))
+            except BackendError as e:  # a thread that was already in the old instance is told to call again
+                results.append(str(e))
+
+        threads = [threading.Thread(target=call) for _ in range(8)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert m._sandbox.rebuilds == 1
+        assert all(r == expected or "call again" in str(r) for r in results), results
+        assert m.tokenize("many threads at once") == expected
+
+
 def test_a_model_whose_file_changed_is_not_rebuilt(tmp_path: Path) -> None:
     path = tmp_path / "m.gguf"
     path.write_bytes(synthetic_model_bytes(tmp_path, seed=3))
@@ -210,3 +266,12 @@ def test_the_default_timeout_applies_when_a_call_names_none(hasty: wasillama.Mod
         ctx.clear()
         # a call's own timeout wins over the default
         assert ctx.generate(PROMPT, max_tokens=4, temperature=0, timeout=60).completion_tokens == 4
+        long = hasty.tokenize("word " * 6000)
+        with pytest.raises(DeadlineExceededError):
+            ctx.eval(long)
+        with pytest.raises(DeadlineExceededError):
+            ctx.chat([{"role": "user", "content": "Go on forever."}], template="{{ messages[0].content }}",
+                     max_tokens=100_000, ignore_eos=True)
+    with hasty.new_context(n_ctx=8192, n_batch=8192, n_ubatch=8192, embeddings=True) as ectx, \
+            pytest.raises(DeadlineExceededError):
+        ectx.embed("word " * 6000)

@@ -101,7 +101,7 @@ class Backend(Protocol):
     sandboxed: bool
     capabilities: Capabilities
 
-    def close(self) -> None: ...
+    def close(self, reason: str | None = None) -> None: ...  # a reason: later calls raise BackendError(reason)
 
     @property
     def poisoned(self) -> str | None:

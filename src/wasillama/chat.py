@@ -90,8 +90,6 @@ def render(backend: Backend, model: int, messages: Sequence[Message], options: C
         "add_generation_prompt": add_generation_prompt,
         "now": time.time(),  # the date some templates print: the host's clock, not the guest's
     }
-    if not options.allow_control_tokens:
-        _refuse_control_tokens(backend, model, request["messages"])
     if options.template is not None:
         if not options.template:
             raise InvalidArgumentError("the chat template is empty")
@@ -104,6 +102,8 @@ def render(backend: Backend, model: int, messages: Sequence[Message], options: C
         request["enable_thinking"] = False
     if options.template_kwargs:
         request["template_kwargs"] = dict(options.template_kwargs)
+    if not options.allow_control_tokens:
+        _refuse_control_tokens(backend, model, request)
     try:
         text = json.dumps(request, ensure_ascii=False)
     except (TypeError, ValueError) as e:
@@ -152,31 +152,39 @@ def _message(m: Message, i: int) -> dict[str, Any]:
 
 
 def _texts(value: Any) -> Iterator[str]:
-    """Every string inside a message's value (content parts, tool-call arguments, ...)."""
+    """Every string inside a value (content parts, tool-call arguments, keys ...)."""
     if isinstance(value, str):
         yield value
     elif isinstance(value, Mapping):
-        for v in value.values():
+        for k, v in value.items():
+            yield from _texts(k)
             yield from _texts(v)
     elif isinstance(value, (list, tuple)):
         for v in value:
             yield from _texts(v)
 
 
-def _refuse_control_tokens(backend: Backend, model: int, messages: Sequence[Mapping[str, Any]]) -> None:
-    """InvalidArgumentError when a message's text spells a control token ("<|im_start|>"): the
-    rendered prompt is tokenized with control tokens parsed (the template's own must be), so such
-    text would let whoever wrote the message forge turns the template never wrote."""
-    for i, m in enumerate(messages):
-        for key, value in m.items():
-            if key == "role":
-                continue
-            for text in _texts(value):
-                raw = text.encode("utf-8", "surrogatepass")
-                if list(backend.tokenize(model, raw, False, True)) != list(backend.tokenize(model, raw, False, False)):
-                    raise InvalidArgumentError(
-                        f"message {i} ({key}) spells a control token of the model's vocabulary: it could forge "
-                        "chat turns (pass allow_control_tokens=True if the text is trusted)")
+def _refuse_control_tokens(backend: Backend, model: int, request: Mapping[str, Any]) -> None:
+    """InvalidArgumentError when the text of a message (its role, content, parts, tool calls),
+    a tool or a template variable spells a control token ("<|im_start|>"): the rendered prompt is
+    tokenized with control tokens parsed (the template's own must be), so such text would let
+    whoever wrote it forge turns the template never wrote. Each string is checked, keys too, and
+    a message's content parts joined (as a template writes them)."""
+    def spells(text: str) -> bool:
+        raw = text.encode("utf-8", "surrogatepass")
+        return list(backend.tokenize(model, raw, False, True)) != list(backend.tokenize(model, raw, False, False))
+
+    items = [(f"message {i}", m) for i, m in enumerate(request["messages"])]
+    items += [(f"tool {i}", t) for i, t in enumerate(request.get("tools", ()))]
+    items += [(f"template variable {k!r}", v) for k, v in request.get("template_kwargs", {}).items()]
+    for what, item in items:
+        texts = [t for t in _texts(item) if t]
+        parts = item.get("content") if isinstance(item, Mapping) else None
+        if isinstance(parts, list):  # a template writes the parts' texts one after the other
+            texts.append("".join(p["text"] for p in parts if isinstance(p, Mapping) and isinstance(p.get("text"), str)))
+        if any(spells(t) for t in texts):
+            raise InvalidArgumentError(f"{what} spells a control token of the model's vocabulary: it could forge "
+                                       "chat turns (pass allow_control_tokens=True if the text is trusted)")
 
 
 def _tool(t: Mapping[str, Any], i: int) -> dict[str, Any]:

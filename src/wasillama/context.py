@@ -52,6 +52,7 @@ from .streams import AsyncTextStream, BatchStream, TextStream
 from .text import TextAssembler
 
 if TYPE_CHECKING:
+    from .backend import Backend
     from .lora import Lora
     from .model import Model
 
@@ -72,8 +73,6 @@ class Context:
     def __init__(self, model: Model, params: ContextParams) -> None:
         self._model = model
         self._params = params
-        self._backend = model._backend
-        self._generation = model._sandbox.generation  # the sandbox instance self._handle lives in
         self._cached: list[list[int]] = []  # per sequence: the tokens the KV cache holds
         self._busy = threading.Lock()
         self._abort_requested = False
@@ -81,7 +80,8 @@ class Context:
         self._running: threading.Event | None = None  # the cancel event of the run in progress
         self._loras: dict[Lora, float] = {}
         self._closed = True  # until the handle below exists
-        self._handle = self._backend.new_context(model._require_handle(), params)
+        backend = model._backend
+        self._bound = _Bound(backend, backend.new_context(model._require_handle(), params), model._sandbox.generation)
         self._closed = False
         try:
             self._info = self._backend.context_info(self._handle)
@@ -92,6 +92,16 @@ class Context:
         except BaseException:
             self.close()
             raise
+
+    # The backend and the handle in it, replaced together when the sandbox is rebuilt (a thread
+    # calling abort() reads one consistent pair).
+    @property
+    def _backend(self) -> Backend:
+        return self._bound.backend
+
+    @property
+    def _handle(self) -> int:
+        return self._bound.handle
 
     # ---- lifecycle ---------------------------------------------------------------------------
 
@@ -108,8 +118,9 @@ class Context:
         if self._closed:
             return
         self._closed = True
+        bound = self._bound
         try:
-            self._backend.free_context(self._handle)
+            bound.backend.free_context(bound.handle)
         except WasillamaError:  # a closed or poisoned sandbox cannot free; it was dropped whole
             pass
         finally:
@@ -135,7 +146,7 @@ class Context:
         self._abort_requested = False
         try:
             self._model._require_handle()  # rebuilds a trapped sandbox when the model says so
-            if self._generation != self._model._sandbox.generation:
+            if self._bound.generation != self._model._sandbox.generation:
                 self._rebind()
         except BaseException:
             self._busy.release()
@@ -148,12 +159,12 @@ class Context:
         backend, generation = model._backend, model._sandbox.generation
         handle = backend.new_context(model._require_handle(), self._params)
         try:
-            if self._loras:
-                backend.set_loras(handle, [lora._require_handle() for lora in self._loras], list(self._loras.values()))
+            if self._loras:  # the model reloaded each adapter a context uses (a closed one too)
+                backend.set_loras(handle, [lora._handle for lora in self._loras], list(self._loras.values()))
         except BaseException:
             backend.free_context(handle)
             raise
-        self._backend, self._handle, self._generation = backend, handle, generation
+        self._bound = _Bound(backend, handle, generation)
         self._forget_cache()
 
     def _release(self) -> None:
@@ -205,7 +216,8 @@ class Context:
         raises AbortedError, at the latest after the current graph node. Does nothing when idle."""
         if not self._closed and self._busy.locked():
             self._abort_requested = True
-            self._backend.set_abort(self._handle, True)
+            with contextlib.suppress(ClosedError):  # the sandbox was rebuilt under a failed call: nothing runs
+                self._backend.set_abort(self._handle, True)
 
     def eval(self, tokens: Sequence[int], *, timeout: float | None = None) -> None:
         """Make the cache hold exactly `tokens` (reusing the longest cached prefix). timeout:
@@ -753,6 +765,13 @@ class Context:
                             self._backend.free_sampler(job.sampler)
             finally:
                 self._release()
+
+
+@dataclass(frozen=True)
+class _Bound:
+    backend: Backend
+    handle: int
+    generation: int  # the sandbox instance (Sandbox.generation) the handle lives in
 
 
 @dataclass

@@ -62,9 +62,9 @@ def embed_texts(ctx: Context, texts: Sequence[Text], *, normalize: bool, truncat
             tokens = tokens[:limit]
         tokenized.append(tokens)
     pooled = info.pooling != "none"
-    be, handle = ctx._backend, ctx._handle
     out: list[Any] = [None] * len(tokenized)
     ctx._acquire()
+    be, handle = ctx._backend, ctx._handle  # after _acquire: a rebuilt sandbox's
     try:
         groups = _groups([len(t) for t in tokenized], ctx.n_seq_max, ctx.n_batch)
         for group in groups:

@@ -116,13 +116,13 @@ class Model:
             raise UnsupportedOptionError(
                 f"the {name} backend runs llama.cpp without a sandbox: a malicious model file can "
                 "compromise this process. Pass trust_model=True if you trust the file.")
-        cap = box.memory_cap
-        if cap is not None and src.size > cap:
-            raise OutOfMemoryError(f"{src.describe()} holds {src.size / 2**20:.1f} MiB of weights, more than the "
-                                   f"sandbox's memory cap of {cap / 2**20:.1f} MiB (max_memory)")
         end = deadline.end_of(box.default_timeout if timeout is None else timeout)
-        box_ = Sandbox(plugin, box)
+        box_ = Sandbox(plugin, box)  # refuses options the backend cannot honour
         try:
+            cap = box.memory_cap
+            if cap is not None and src.size > cap:
+                raise OutOfMemoryError(f"{src.describe()} holds {src.size / 2**20:.1f} MiB of weights, more than "
+                                       f"the sandbox's memory cap of {cap / 2**20:.1f} MiB (max_memory)")
             with deadline.until(end):
                 try:
                     handle = box_.backend.load_model(src, params, opts.tensor_split, progress)
@@ -166,7 +166,9 @@ class Model:
         if info != self.info:
             raise ModelLoadError(f"{self._source.describe()} is not the model it was when loaded (it changed on "
                                  "disk): the sandbox cannot be rebuilt")
-        loras = [(lora, backend.load_lora(handle, lora._source)) for lora in list(self._loras) if not lora.closed]
+        used = {lora for ctx in list(self._contexts) for lora in ctx._loras}  # a closed one too, while used
+        loras = [(lora, backend.load_lora(handle, lora._source)) for lora in list(self._loras)
+                 if not lora._closed or lora in used]
         self._handle = handle
         for lora, lora_handle in loras:
             lora._handle = lora_handle
@@ -238,11 +240,11 @@ class Model:
 
     @property
     def backend_name(self) -> str:
-        return self._backend.name
+        return self._sandbox.backend.name
 
     @property
     def sandboxed(self) -> bool:
-        return self._backend.sandboxed
+        return self._sandbox.backend.sandboxed
 
     @cached_property
     def metadata(self) -> dict[str, str]:
@@ -311,12 +313,14 @@ class Model:
         return {"desc": self.description, "n_params": i.n_params, "size": i.size_bytes, "n_vocab": i.n_vocab,
                 "n_embd": i.n_embd, "n_layer": i.n_layer}
 
-    def load_lora(self, source: str | os.PathLike[str] | Buffer) -> Lora:
+    def load_lora(self, source: str | os.PathLike[str] | Buffer, *, timeout: float | None = None) -> Lora:
         """A LoRA adapter GGUF for this model, from a path or bytes (read by the host, like the
         model). Apply it with ``ctx.set_loras({lora: scale})``. A file for another model (other
-        architecture or shapes) raises ModelLoadError."""
+        architecture or shapes) raises ModelLoadError. timeout: seconds, then
+        DeadlineExceededError (an adapter file is as untrusted as a model file)."""
         src = ModelSource.of(source)
-        lora = Lora(self, self._backend.load_lora(self._require_handle(), src), src)
+        with deadline.after(self._timeout(timeout)):
+            lora = Lora(self, self._backend.load_lora(self._require_handle(), src), src)
         self._loras.add(lora)
         return lora
 

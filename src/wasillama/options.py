@@ -56,11 +56,13 @@ class SandboxOptions:
     max_memory: the most guest memory the sandbox may hold, in bytes or as "2GiB"; loading or
     decoding past it raises OutOfMemoryError, and the process and other Models never notice.
     default_timeout: the `timeout=` (seconds) of every call on this Model and its Contexts that
-    computes, when the call names none.
+    takes one (load, load_lora, eval, generate and its variants, chat, embed, apply_chat_template),
+    when the call names none.
     on_trap: after the guest traps (a hostile file's assert, a hard stop at a deadline) the
     sandbox is unusable; "raise" makes every later call say so, "rebuild" makes the next call
     build a fresh sandbox from the compiled module and load the model into it again (its
-    Contexts start with empty caches). Nothing of the trapped instance is reused.
+    Contexts start with empty caches). Nothing of the trapped instance is reused; the rebuild is
+    not under the call's deadline (it loads a file that loaded before).
     """
 
     max_memory: int | str | None = None

@@ -43,6 +43,7 @@ class Sandbox:
         self.generation = 0  # instances made before the current one
         self.rebuilds = 0
         self._lock = threading.Lock()
+        self._closed = False
         self._backend = self._fresh()
 
     @property
@@ -82,7 +83,7 @@ class Sandbox:
         with self._lock:
             old = self._backend
             why = old.poisoned
-            if why is None:
+            if why is None or self._closed:
                 return None
             log.warning("rebuilding the sandbox after: %s", why)
             with deadline.until(None):
@@ -95,9 +96,14 @@ class Sandbox:
             self._backend = backend
             self.generation += 1
             self.rebuilds += 1
-        old.close()
+            # a thread still in a call of the old instance learns why it is gone
+            old.close(reason=f"the sandbox was rebuilt after: {why}; call again")
         return restored
 
     def close(self) -> None:
-        if self.owns_backend:
-            self._backend.close()
+        """Close the instance (under the rebuild lock: a rebuild in progress finishes first, and
+        none starts after)."""
+        with self._lock:
+            self._closed = True
+            if self.owns_backend:
+                self._backend.close()

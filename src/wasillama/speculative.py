@@ -45,13 +45,13 @@ def generate(target: Context, draft: Context, job: _Job, n_draft: int) -> Genera
     check(target, draft, job, n_draft)
     if any(draft.model.token_piece(t) != target.model.token_piece(t) for t in set(job.tokens)):
         raise InvalidArgumentError("the draft model's tokens mean other text than the target's")
-    tb, db = target._backend, draft._backend
     target._acquire()
     try:
         draft._acquire()
-        try:
-            return _rounds(target, draft, job, n_draft, tb.new_sampler(target.model._require_handle(), GREEDY),
-                           db.new_sampler(draft.model._require_handle(), GREEDY))
+        try:  # the backends after _acquire: a rebuilt sandbox's
+            return _rounds(target, draft, job, n_draft,
+                           target._backend.new_sampler(target.model._require_handle(), GREEDY),
+                           draft._backend.new_sampler(draft.model._require_handle(), GREEDY))
         finally:
             draft._release()
     finally:

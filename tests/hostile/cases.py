@@ -75,12 +75,11 @@ def header_cases() -> Iterator[Case]:
 
 
 def kv_cases(base: Gguf) -> Iterator[Case]:
-    def appended(extra: bytes, n_extra: int = 1) -> bytes:
-        """The base file with `extra` after its last KV (counted in n_kv)."""
-        g = base.copy(n_kv=len(base.kvs) + n_extra)
-        raw = g.encode()
-        head = 24 + sum(len(item.encode()) for item in g.kvs)
-        return raw[:head] + extra + raw[head:]
+    def appended(extra: bytes) -> bytes:
+        """The base file with one more KV, `extra` (raw bytes), after its last."""
+        g = base.copy(n_kv=len(base.kvs) + 1)
+        g.extra_kv = extra
+        return g.encode()
 
     for n in HUGE:
         yield Case(f"kv/key-length={n}", appended(u64(n) + b"general.x"), BAD_KV)

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import struct
 from collections.abc import Iterable
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 
 # GGUF value types
 UINT8, INT8, UINT16, INT16, UINT32, INT32, FLOAT32, BOOL, STRING, ARRAY, UINT64, INT64, FLOAT64 = range(13)
@@ -93,7 +93,7 @@ class Gguf:
     n_tensors: int | None = None
     magic: bytes = b"GGUF"
     tail: bytes = b""              # written after the data
-    extra: dict[str, bytes] = field(default_factory=dict)
+    extra_kv: bytes = b""          # raw bytes after the last KV (a malformed one), counted in n_kv
 
     def copy(self, n_kv: int | None = None, n_tensors: int | None = None) -> Gguf:
         """A deep copy (KVs and tensor infos too), with the counts' lies if given."""
@@ -134,6 +134,7 @@ class Gguf:
         out += u64(len(self.kvs) if self.n_kv is None else self.n_kv)
         for item in self.kvs:
             out += item.encode()
+        out += self.extra_kv
         for t in self.tensors:
             out += t.encode()
         out += bytes(-len(out) % self.alignment)

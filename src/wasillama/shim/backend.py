@@ -78,6 +78,7 @@ class ShimBackend:
         self.capabilities = transport.capabilities
         self.sandboxed = transport.capabilities.sandboxed
         self._closed = False
+        self._retired: str | None = None
         self._abort_lock = threading.Lock()
         self._abort_flags: dict[int, int] = {}  # context -> host address of its int32 abort flag
         with self._t.lock:
@@ -106,6 +107,8 @@ class ShimBackend:
     def _locked(self, fn: Callable[[], T]) -> T:
         with self._t.lock:
             if self._closed:
+                if self._retired is not None:
+                    raise BackendError(self._retired)
                 raise ClosedError(f"the {self.name} backend was closed")
             return fn()
 
@@ -113,8 +116,9 @@ class ShimBackend:
         """A call that returns a status; a negative one raises its WasillamaError."""
         rc = self._t.call(name, *args)
         if rc < 0:
-            message = self._last_error()
+            # read before _last_error, whose own buffer is an allocation too
             refusal = self._t.memory_refusal() if self.capabilities.memory_cap else None
+            message = self._last_error()
             if refusal is not None:
                 raise OutOfMemoryError(f"{message}: {refusal}")
             raise abi.error_for(rc, message)
@@ -158,9 +162,12 @@ class ShimBackend:
     def _string(self, name: str, *args: int, cap: int = 1024) -> str:
         return self._locked(lambda: self._fill(name, *args, cap=cap)).decode("utf-8", "replace")
 
-    def close(self) -> None:
+    def close(self, reason: str | None = None) -> None:
+        """Free the instance. With a reason (a rebuilt sandbox's old instance), later calls raise
+        BackendError saying it instead of ClosedError: the Model they came from is still open."""
         with self._t.lock, self._abort_lock:
             if not self._closed:
+                self._retired = reason
                 self._closed = True
                 self._abort_flags.clear()
                 self._t.close()

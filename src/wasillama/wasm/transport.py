@@ -61,6 +61,8 @@ class WasmTransport:
         self.sources = Sources()
         self.log = LogSink()
         self._poisoned: str | None = None
+        self._memory_cap: int | None = None
+        self._heap_watch = 0
 
         linker = wasmtime.Linker(compiled.engine)
         self.wasi = Wasi(GuestMemory(self.read, self.write, lambda: self.memory.data_len(self.store)))
@@ -78,7 +80,6 @@ class WasmTransport:
         self._funcs: dict[str, wasmtime.Func] = {}
         # A reactor runs its static constructors in _initialize (llama.cpp's tables live there).
         self.call("_initialize")
-        self._memory_cap: int | None = None
         # where the guest's sbrk records a growth the cap refused (wasm/runtime/sbrk.c; 0: a module
         # without it, such as the ABI tests' stand-ins)
         self._heap_watch = self.call("wl_heap_watch") & 0xFFFFFFFF if "wl_heap_watch" in self._export_names else 0
@@ -117,6 +118,8 @@ class WasmTransport:
                 start_ticking(self._engine)
                 grace = deadline.DECODE_GRACE_S if name in _DECODES else deadline.GRACE_S
                 self.store.set_epoch_deadline(max(1, math.ceil((left + grace) / EPOCH_TICK_S)))
+        if self._memory_cap is not None and name not in _UNTIMED:
+            self._clear_refusal()  # a refusal the guest survived earlier is not this call's
         try:
             result: Any = self._func(name)(self.store, *args)
         except wasmtime.Trap as e:
@@ -180,11 +183,16 @@ class WasmTransport:
     def limit_memory(self, n: int) -> None:
         """memory.grow past n bytes fails (malloc returns NULL, llama.cpp reports it): the guest
         learns it is out of memory, the host is not."""
-        if n < self.memory.data_len(self.store):
-            raise OutOfMemoryError(f"a memory cap of {n} bytes is below what the sandbox already holds "
-                                   f"({self.memory.data_len(self.store)} bytes)")
+        held = self.memory.data_len(self.store)
+        if n < held:
+            raise OutOfMemoryError(f"a memory cap (max_memory) of {_mib(n)} is below the {_mib(held)} the sandbox "
+                                   "holds before any model")
         self.store.set_limits(memory_size=n)
         self._memory_cap = n
+
+    def _clear_refusal(self) -> None:
+        if self._heap_watch:
+            ctypes.memset(self._view(self._heap_watch, 4), 0, 4)
 
     def memory_refusal(self) -> str | None:
         """Read (and reset) what sbrk recorded: the growth the cap refused."""
