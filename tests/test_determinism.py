@@ -1,0 +1,68 @@
+"""The wasm backend computes the very same logits on every machine: wasm's float semantics are
+deterministic (IEEE 754, no fused or reassociated operations, no relaxed SIMD in llama.wasm), and
+nothing inside the guest asks what the host CPU is. So the logits' sha256 is pinned here, and every
+machine that runs the suite must produce it (this VM, CI, the GPU machine's CPU).
+
+A pinned digest changes only when llama.wasm computes differently (a kernel fix, a new llama.cpp):
+update it in the same commit, and say why. The models' own sha256s are pinned first, so a failure
+says which of the two changed."""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+import wasillama
+
+PROMPTS = ("The capital of France is", "def fibonacci(n):", "Once upon a time, in a land far away,")
+
+# name -> (model file sha256, logits sha256)
+PINNED: dict[str, tuple[str, str]] = {
+    "smollm2-q4_1": ("b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53",
+                     "d009001dc1e318b456daed7b80905f2f04cb2996ff7ce7620b9fbc14db082551"),
+    "synthetic-f16": ("610506937502fb64020948c665a0f135b8d4724c8d5118395313ec19c363aa06",
+                      "2893b0ef7ae7af61c7a1f642af820c814dabd293ec978ddc81dfbe351a557aef"),
+    "synthetic-q8_0": ("7f2c4efa6e3a1975fc8e0533ce0b4f9744f021c40f32591e791fc659b9d3c9b3",
+                       "762b21bfb515e647b6b0379f45d04dff7b7199b3e68d9db7b01924ad39fd1343"),
+    "synthetic-f32": ("0905b8157fd2ff2598f601e343dc380d4c855447b99dc6bc0be5e95fce1c33c1",
+                      "a080f94d71b19fdd30f2b5a09dba9cf4f14ff89aafb361c031d19e63b25078eb"),
+}
+
+
+def logits_digest(model: wasillama.Model) -> str:
+    """sha256 of the float32 logits after each prompt and after each of 4 greedy steps from it."""
+    h = hashlib.sha256()
+    with model.new_context(n_ctx=256) as ctx:
+        for prompt in PROMPTS:
+            tokens = model.tokenize(prompt)
+            for _ in range(5):
+                ctx.eval(tokens)
+                logits = ctx.logits()
+                h.update(logits.astype("<f4").tobytes())
+                tokens = [*tokens, int(logits.argmax())]
+            ctx.clear()
+    return h.hexdigest()
+
+
+@pytest.fixture(scope="module")
+def models(smollm2_path: Path, synthetic_models: Callable[..., Path]) -> dict[str, Path]:
+    synthetic = {f"synthetic-{q}": synthetic_models(seed=7, n_layer=2, n_embd=128, qtype=q)
+                 for q in ("f16", "q8_0", "f32")}
+    return {"smollm2-q4_1": smollm2_path, **synthetic}
+
+
+@pytest.mark.parametrize("name", sorted(PINNED))
+def test_the_logits_are_the_same_on_every_machine(name: str, models: dict[str, Path]) -> None:
+    path = models[name]
+    file_sha, logits_sha = PINNED[name]
+    assert hashlib.sha256(path.read_bytes()).hexdigest() == file_sha, f"the {name} model file itself changed"
+    with wasillama.Model.load(path) as model:
+        assert logits_digest(model) == logits_sha
+
+
+def test_the_same_logits_in_every_sandbox(models: dict[str, Path]) -> None:
+    with wasillama.Model.load(models["synthetic-q8_0"]) as a, wasillama.Model.load(models["synthetic-q8_0"]) as b:
+        assert logits_digest(a) == logits_digest(b) == logits_digest(a)
