@@ -62,7 +62,7 @@ class WasmTransport:
         self.log = LogSink()
         self._poisoned: str | None = None
         self._memory_cap: int | None = None
-        self._heap_watch = 0
+        self._refused: ctypes.c_uint32 | None = None  # sbrk's record, bound when a cap is set
 
         linker = wasmtime.Linker(compiled.engine)
         self.wasi = Wasi(GuestMemory(self.read, self.write, lambda: self.memory.data_len(self.store)))
@@ -76,13 +76,15 @@ class WasmTransport:
         assert isinstance(memory, wasmtime.Memory)
         self.memory = memory
         self._exports = exports
-        self._export_names = frozenset(e.name for e in module.exports)
         self._funcs: dict[str, wasmtime.Func] = {}
         # A reactor runs its static constructors in _initialize (llama.cpp's tables live there).
         self.call("_initialize")
         # where the guest's sbrk records a growth the cap refused (wasm/runtime/sbrk.c; 0: a module
         # without it, such as the ABI tests' stand-ins)
-        self._heap_watch = self.call("wl_heap_watch") & 0xFFFFFFFF if "wl_heap_watch" in self._export_names else 0
+        try:
+            self._heap_watch = self.call("wl_heap_watch") & 0xFFFFFFFF
+        except KeyError:
+            self._heap_watch = 0
 
     @property
     def lock(self) -> TurnLock:
@@ -118,8 +120,8 @@ class WasmTransport:
                 start_ticking(self._engine)
                 grace = deadline.DECODE_GRACE_S if name in _DECODES else deadline.GRACE_S
                 self.store.set_epoch_deadline(max(1, math.ceil((left + grace) / EPOCH_TICK_S)))
-        if self._memory_cap is not None and name not in _UNTIMED:
-            self._clear_refusal()  # a refusal the guest survived earlier is not this call's
+        if self._refused is not None and name not in _UNTIMED:
+            self._refused.value = 0  # a refusal the guest survived earlier is not this call's
         try:
             result: Any = self._func(name)(self.store, *args)
         except wasmtime.Trap as e:
@@ -189,20 +191,14 @@ class WasmTransport:
                                    "holds before any model")
         self.store.set_limits(memory_size=n)
         self._memory_cap = n
-
-    def _clear_refusal(self) -> None:
-        if self._heap_watch:
-            ctypes.memset(self._view(self._heap_watch, 4), 0, 4)
+        if self._heap_watch:  # its host address is stable: wasmtime never moves a 32-bit memory
+            self._refused = ctypes.c_uint32.from_address(self.host_address(self._heap_watch, 4))
 
     def memory_refusal(self) -> str | None:
         """Read (and reset) what sbrk recorded: the growth the cap refused."""
-        if self._memory_cap is None or not self._heap_watch:
+        if self._memory_cap is None or self._refused is None or not self._refused.value:
             return None
-        cell = self._view(self._heap_watch, 4)
-        asked = int.from_bytes(bytes(cell), "little")
-        if not asked:
-            return None
-        ctypes.memset(cell, 0, 4)
+        asked, self._refused.value = self._refused.value, 0
         held = self.memory.data_len(self.store)
         return (f"the sandbox's memory cap of {_mib(self._memory_cap)} (max_memory) refused the guest "
                 f"{_mib(asked)} more; it holds {_mib(held)}")
@@ -211,6 +207,7 @@ class WasmTransport:
         """Drop the instance and its memory now (not when the garbage collector gets to them): a
         host that loads and closes models all day must not hold their heaps."""
         self._funcs.clear()
+        self._refused = None  # its memory goes with the store
         self._exports = None  # type: ignore[assignment]
         if self._poisoned is None:
             self._poisoned = "the sandbox was closed"
