@@ -7,6 +7,7 @@
 
 #include "chat.h"
 #include "ggml-backend.h"
+#include "ggml-cpu.h"
 #include "gguf.h"
 #include "json-schema-to-grammar.h"
 #include "llama.h"
@@ -112,7 +113,12 @@ struct Context {
         n_outputs = 0;
         output_pos.clear();
     }
-    ~Context() { if (ctx) llama_free(ctx); }
+    // wasm: the thread pool its graphs run on (null with one thread); see start_thread_pool
+    ggml_threadpool * threadpool = nullptr;
+    ~Context() {
+        if (ctx) llama_free(ctx);
+        if (threadpool) ggml_threadpool_free(threadpool);  // joins its threads
+    }
 };
 static_assert(sizeof(std::atomic<int32_t>) == sizeof(int32_t), "the host writes the abort flag as an int32");
 
@@ -1246,6 +1252,23 @@ WL_EXPORT(wl_chat_parse) int32_t wl_chat_parse(const char * parser, int32_t pars
 
 // ---- contexts --------------------------------------------------------------------------------
 
+// In wasm, a thread is an instance of the module that the host starts (a millisecond, not a
+// pthread's microseconds), so a context keeps one pool for all its graphs, decode and batch alike
+// (ggml runs a graph on fewer of a pool's threads), where llama.cpp would start one per graph.
+static void start_thread_pool(Context & c, int32_t n_threads) {
+#if defined(__wasm__)
+    if (n_threads <= 1) return;
+    ggml_threadpool_params tpp = ggml_threadpool_params_default(n_threads);
+    tpp.poll = 1;  // between graphs, spin ~0.1 ms (not ggml's ~10), then sleep: cores are shared
+    c.threadpool = ggml_threadpool_new(&tpp);
+    if (!c.threadpool) throw wl_error(WL_E_NOMEM, "could not start " + std::to_string(n_threads) + " threads");
+    llama_attach_threadpool(c.ctx, c.threadpool, c.threadpool);
+#else
+    (void) c;
+    (void) n_threads;
+#endif
+}
+
 WL_EXPORT(wl_context_new) int32_t wl_context_new(int32_t model, const wl_context_params * raw) {
     return guarded([&] {
         require(raw != nullptr, "params is NULL");
@@ -1289,6 +1312,7 @@ WL_EXPORT(wl_context_new) int32_t wl_context_new(int32_t model, const wl_context
         }
         c->owner = m;
         c->model = m->model;
+        start_thread_pool(*c, std::max(cp.n_threads, cp.n_threads_batch));
         return insert(reg().contexts, c);
     });
 }

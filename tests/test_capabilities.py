@@ -17,7 +17,8 @@ from wasillama.wasm import wasi
 from wasillama.wasm.engine import compiled_module
 from wasillama.wasm.transport import WasmTransport
 
-HOST_IMPORTS = {("wasillama", "host_read"), ("wasillama", "host_log")}
+# the host's services, the shared memory guest threads run on, and the host's thread spawn
+HOST_IMPORTS = {("wasillama", "host_read"), ("wasillama", "host_log"), ("env", "memory"), ("wasi", "thread-spawn")}
 
 
 def _signature(ty: wasmtime.FuncType) -> tuple[list[str], list[str]]:
@@ -33,6 +34,10 @@ def test_the_import_list_is_pinned() -> None:
         ty = imports[(wasi.MODULE, name)]
         assert isinstance(ty, wasmtime.FuncType)
         assert _signature(ty) == _signature(wasmtime.FuncType(params, results)), name
+    memory = imports[("env", "memory")]
+    assert isinstance(memory, wasmtime.MemoryType) and memory.is_shared and memory.limits.max == 65536
+    spawn = imports[("wasi", "thread-spawn")]
+    assert isinstance(spawn, wasmtime.FuncType) and _signature(spawn) == (["i32"], ["i32"])
 
 
 PROBE = """

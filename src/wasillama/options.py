@@ -125,8 +125,11 @@ class ContextOptions:
             raise InvalidArgumentError("n_ctx must be >= 0, n_batch and n_ubatch > 0")
         if not 1 <= self.n_seq_max <= 256:
             raise InvalidArgumentError("n_seq_max must be between 1 and 256")
+        if not (0 <= self.n_threads <= MAX_THREADS and 0 <= self.n_threads_batch <= MAX_THREADS):
+            raise InvalidArgumentError(f"n_threads and n_threads_batch must be between 0 (all cores) and {MAX_THREADS}")
 
 
+MAX_THREADS = 512  # ggml's GGML_MAX_N_THREADS: more would fail an assertion inside ggml
 DRY_BREAKERS = ("\n", ":", '"', "*")  # llama.cpp's default sequence breakers
 
 

@@ -64,15 +64,8 @@ class Sandbox:
         return timeout if timeout is not None else self.options.default_timeout
 
     def _fresh(self) -> Backend:
-        backend = self.plugin.create()
-        try:
-            if self.options.memory_cap is not None:
-                backend.limit_memory(self.options.memory_cap)
-        except BaseException:
-            if self.owns_backend:
-                backend.close()
-            raise
-        return backend
+        cap = self.options.memory_cap
+        return self.plugin.create() if cap is None else self.plugin.create(memory_cap=cap)
 
     def rebuild(self, restore: Callable[[Backend], T]) -> T | None:
         """If the instance is still poisoned: a fresh one, `restore(backend)` loading what the

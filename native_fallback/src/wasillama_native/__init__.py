@@ -13,7 +13,7 @@ import threading
 from functools import cache
 from typing import TYPE_CHECKING, Any
 
-from wasillama.errors import BackendUnavailableError
+from wasillama.errors import BackendUnavailableError, UnsupportedOptionError
 
 from .transport import CAPABILITIES, CpuInfo, library_path
 
@@ -45,8 +45,11 @@ class _Plugin:
         self._lock = threading.Lock()
         self._backend: ShimBackend | None = None
 
-    def create(self) -> ShimBackend:
+    def create(self, *, memory_cap: int | None = None) -> ShimBackend:
         """The process-wide native backend (loads the library on first use)."""
+        if memory_cap is not None:
+            raise UnsupportedOptionError("the native backend is not a sandbox: it cannot cap its memory "
+                                         "(max_memory= needs backend='wasm')")
         with self._lock:
             if self._backend is None:
                 from wasillama.shim.backend import ShimBackend

@@ -212,9 +212,6 @@ class CtypesTransport:
     def host_address(self, ptr: int, n: int) -> int:
         return ptr
 
-    def limit_memory(self, n: int) -> None:
-        raise BackendUnavailableError("the native backend is not a sandbox: it cannot cap its memory")
-
     def memory_refusal(self) -> None:
         return None
 

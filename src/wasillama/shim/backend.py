@@ -96,12 +96,6 @@ class ShimBackend:
     def poisoned(self) -> str | None:
         return self._t.poisoned
 
-    def limit_memory(self, n: int) -> None:
-        if not self.capabilities.memory_cap:
-            raise UnsupportedOptionError(f"the {self.name} backend cannot cap its memory (max_memory= needs "
-                                         "the wasm sandbox)")
-        self._locked(lambda: self._t.limit_memory(n))
-
     # ---- plumbing ----------------------------------------------------------------------------
 
     def _locked(self, fn: Callable[[], T]) -> T:

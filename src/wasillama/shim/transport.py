@@ -25,7 +25,7 @@ class Capabilities:
     flash_attn: bool             # flash_attn=True is available
     path_loads: bool             # wl_model_load_path (llama.cpp opens the file itself, may mmap it)
     max_model_bytes: int | None  # the largest model file that can fit, or None
-    memory_cap: bool = False     # limit_memory() caps what the shim can allocate (a sandbox's memory)
+    memory_cap: bool = False     # create(memory_cap=) caps what the shim can allocate (a sandbox's memory)
 
 
 class Transport(Protocol):
@@ -56,9 +56,6 @@ class Transport(Protocol):
     def read(self, ptr: int, n: int) -> bytes: ...
     def host_address(self, ptr: int, n: int) -> int:
         """The host address of transport memory [ptr, ptr+n), stable for the instance's life."""
-        ...
-    def limit_memory(self, n: int) -> None:
-        """Cap the memory the shim instance may hold at n bytes (only where capabilities.memory_cap)."""
         ...
     def memory_refusal(self) -> str | None:
         """What the memory cap refused since the last ask ("... refused 3.0 MiB more ..."), or None."""

@@ -17,7 +17,7 @@ if TYPE_CHECKING:
 # weights, and the module's own data and stack.
 WASM32_MODEL_LIMIT = 3_500_000_000
 
-CAPABILITIES = Capabilities(sandboxed=True, threads=False, gpu=False, mlock=False, flash_attn=False,
+CAPABILITIES = Capabilities(sandboxed=True, threads=True, gpu=False, mlock=False, flash_attn=False,
                             path_loads=False, max_model_bytes=WASM32_MODEL_LIMIT, memory_cap=True)
 
 
@@ -28,11 +28,11 @@ class _Plugin:
     per_model = True
     capabilities = CAPABILITIES
 
-    def create(self) -> ShimBackend:
+    def create(self, *, memory_cap: int | None = None) -> ShimBackend:
         from ..shim.backend import ShimBackend
         from .transport import WasmTransport
 
-        return ShimBackend(WasmTransport())
+        return ShimBackend(WasmTransport(memory_cap=memory_cap))
 
     def __repr__(self) -> str:
         return "<wasillama backend plugin 'wasm'>"

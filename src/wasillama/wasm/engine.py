@@ -36,11 +36,12 @@ log = logging.getLogger("wasillama")
 # the module is compiled.)
 EPOCH_INTERRUPTION = True
 EPOCH_TICK_S = 0.01
+NO_DEADLINE = 2**62  # epoch ticks: never
 
 
 def _config_key() -> str:
     """Every engine setting that changes the compiled code belongs in the cache key."""
-    return "simd+exceptions+v1" + ("+epoch" if EPOCH_INTERRUPTION else "")
+    return "simd+exceptions+threads+v1" + ("+epoch" if EPOCH_INTERRUPTION else "")
 
 
 @dataclass
@@ -61,6 +62,8 @@ def _make_engine() -> wasmtime.Engine:
     cfg = wasmtime.Config()
     cfg.wasm_simd = True
     cfg.wasm_exceptions = True  # llama.cpp reports load errors by throwing
+    cfg.wasm_threads = True  # guest threads: atomics and a shared memory (threads.py)
+    cfg.shared_memory = True
     cfg.epoch_interruption = EPOCH_INTERRUPTION
     return wasmtime.Engine(cfg)
 

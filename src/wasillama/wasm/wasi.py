@@ -5,9 +5,9 @@ environment to any import the module grew).
 What the guest gets: the clocks, random bytes, and stdout/stderr as lines on the
 ``wasillama.llama`` logger. What it does not: no file (no preopened directory, so wasi-libc finds
 none; opening a path fails with ENOTCAPABLE), no environment, no arguments, no stdin, no sockets
-(not imported at all). exit() ends the call with a trap. `IMPORTS` is the module's import list,
-pinned: a rebuilt module that imports anything else fails to instantiate (tests/test_capabilities.py
-holds it against wasm/llama.wasm).
+(not imported at all). exit() ends the call with a trap. Guest threads (threads.py) share these.
+`IMPORTS` is the module's import list, pinned: a rebuilt module that imports anything else fails
+to instantiate (tests/test_capabilities.py holds it against wasm/llama.wasm).
 """
 
 from __future__ import annotations
@@ -132,6 +132,10 @@ class Wasi:
     def path_open(self, *_args: int) -> int:
         return ENOTCAPABLE
 
+    def sched_yield(self) -> int:
+        os.sched_yield()  # a guest thread spinning on a lock (dlmalloc's) lets the others run
+        return SUCCESS
+
     def proc_exit(self, code: int) -> None:
         raise wasmtime.Trap(f"the guest called exit({code})")
 
@@ -154,6 +158,7 @@ IMPORTS: dict[str, tuple[list[wasmtime.ValType], list[wasmtime.ValType]]] = {
     "fd_seek": ([_I32, _I64, _I32, _I32], [_I32]),
     "path_open": ([_I32, _I32, _I32, _I32, _I32, _I64, _I64, _I32, _I32], [_I32]),
     "proc_exit": ([_I32], []),
+    "sched_yield": ([], [_I32]),
 }
 
 

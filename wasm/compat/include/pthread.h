@@ -1,7 +1,6 @@
 /*
- * Single-threaded pthread.h for wasm32-wasi (Debian's wasi-libc ships none).
- * ggml-cpu includes it for its thread pool, which the guest never starts: ggml forces
- * n_threads = 1 under __wasi__. Creating a thread fails cleanly; locks are no-ops.
+ * pthread.h for wasm32-wasi: the pinned Debian wasi-libc ships none. Declares the subset that
+ * wasm/runtime/threads.c implements over wasi-threads (what ggml's thread pool uses).
  */
 #ifndef WASILLAMA_COMPAT_PTHREAD_H
 #define WASILLAMA_COMPAT_PTHREAD_H
@@ -17,6 +16,10 @@
 #define __NEED_pthread_condattr_t
 #include <bits/alltypes.h>
 
+#ifdef __cplusplus
+extern "C" {
+#endif
+
 #ifndef SCHED_OTHER
 struct sched_param { int sched_priority; };
 #define SCHED_OTHER 0
@@ -27,21 +30,23 @@ struct sched_param { int sched_priority; };
 #define PTHREAD_MUTEX_INITIALIZER {{{0}}}
 #define PTHREAD_COND_INITIALIZER {{{0}}}
 
-static inline pthread_t pthread_self(void) { return (pthread_t) 0; }
-static inline int pthread_create(pthread_t * t, const pthread_attr_t * a, void * (*f)(void *), void * arg) {
-    (void) t; (void) a; (void) f; (void) arg;
-    return EAGAIN;
+int pthread_create(pthread_t * thread, const pthread_attr_t * attr, void * (*fn)(void *), void * arg);
+int pthread_join(pthread_t thread, void ** result);
+pthread_t pthread_self(void);
+int pthread_equal(pthread_t a, pthread_t b);
+int pthread_mutex_init(pthread_mutex_t * m, const pthread_mutexattr_t * attr);
+int pthread_mutex_destroy(pthread_mutex_t * m);
+int pthread_mutex_lock(pthread_mutex_t * m);
+int pthread_mutex_trylock(pthread_mutex_t * m);
+int pthread_mutex_unlock(pthread_mutex_t * m);
+int pthread_cond_init(pthread_cond_t * c, const pthread_condattr_t * attr);
+int pthread_cond_destroy(pthread_cond_t * c);
+int pthread_cond_wait(pthread_cond_t * c, pthread_mutex_t * m);
+int pthread_cond_signal(pthread_cond_t * c);
+int pthread_cond_broadcast(pthread_cond_t * c);
+int pthread_setschedparam(pthread_t thread, int policy, const struct sched_param * param);
+
+#ifdef __cplusplus
 }
-static inline int pthread_join(pthread_t t, void ** ret) { (void) t; (void) ret; return 0; }
-static inline int pthread_mutex_init(pthread_mutex_t * m, const pthread_mutexattr_t * a) { (void) m; (void) a; return 0; }
-static inline int pthread_mutex_destroy(pthread_mutex_t * m) { (void) m; return 0; }
-static inline int pthread_mutex_lock(pthread_mutex_t * m) { (void) m; return 0; }
-static inline int pthread_mutex_trylock(pthread_mutex_t * m) { (void) m; return 0; }
-static inline int pthread_mutex_unlock(pthread_mutex_t * m) { (void) m; return 0; }
-static inline int pthread_cond_init(pthread_cond_t * c, const pthread_condattr_t * a) { (void) c; (void) a; return 0; }
-static inline int pthread_cond_destroy(pthread_cond_t * c) { (void) c; return 0; }
-static inline int pthread_cond_wait(pthread_cond_t * c, pthread_mutex_t * m) { (void) c; (void) m; return 0; }
-static inline int pthread_cond_signal(pthread_cond_t * c) { (void) c; return 0; }
-static inline int pthread_cond_broadcast(pthread_cond_t * c) { (void) c; return 0; }
-static inline int pthread_setschedparam(pthread_t t, int p, const struct sched_param * s) { (void) t; (void) p; (void) s; return ENOSYS; }
+#endif
 #endif
