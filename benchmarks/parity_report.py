@@ -68,24 +68,14 @@ def rel_rms(a: np.ndarray, b: np.ndarray) -> float:
 
 def models(types: list[str], layers: list[int], n_embd: int, folder: Path) -> list[tuple[str, int, Path]]:
     """(type, layers, path) of the synthetic models, made once into `folder`."""
-    import synthetic
+    from synthetic_models import quantized_family
 
-    bin_dir = Path(subprocess.run(["bash", str(ROOT / "scripts" / "build_native_reference.sh")], capture_output=True,
-                                  text=True, check=True).stdout.strip().splitlines()[-1])
-    vocab = synthetic.pinned_llama_cpp_dir() / "models" / synthetic.DEFAULT_VOCAB
     out = []
     for n_layer in layers:
-        base = folder / f"llama-{n_embd}x{n_layer}-F32.gguf"
-        if not base.exists():
-            synthetic.write_llama(base, vocab=vocab, seed=11, n_layer=n_layer, n_embd=n_embd, n_head=n_embd // 64,
-                                  n_head_kv=max(1, n_embd // 256), n_ff=int(n_embd * 2.75) // 256 * 256,
-                                  qtype="f32")
-        for t in types:
-            path = folder / f"llama-{n_embd}x{n_layer}-{t}.gguf"
-            if not path.exists():
-                subprocess.run([str(bin_dir / "llama-quantize"), str(base), str(path), t], check=True,
-                               capture_output=True)
-            out.append((t, n_layer, path))
+        family = quantized_family(folder, f"llama-{n_embd}x{n_layer}", types, seed=11, n_layer=n_layer,
+                                  n_embd=n_embd, n_head=n_embd // 64, n_head_kv=max(1, n_embd // 256),
+                                  n_ff=int(n_embd * 2.75) // 256 * 256)
+        out += [(t, n_layer, path) for t, path in family.items()]
     return out
 
 

@@ -102,13 +102,15 @@ def _add_fields(writer: Any, fields: Sequence[tuple[str, Any, Any, Any]]) -> Non
 
 def write_llama(path: str | Path, *, vocab: str | Path | None = None, seed: int = 0, n_layer: int = 2,
                 n_embd: int = 128, n_head: int = 4, n_head_kv: int = 2, n_ff: int = 256,
-                n_ctx_train: int = 512, qtype: str = "f16", name: str = "wasillama-synthetic-llama") -> Path:
+                n_ctx_train: int = 512, qtype: str = "f16", name: str = "wasillama-synthetic-llama",
+                rope_freq_base: float = 10000.0, tie_embeddings: bool = False) -> Path:
     """Write a random-weight "llama" GGUF and return its path.
 
     qtype: "f32" (every tensor F32), "f16" (matrices F16, norms F32) or "q8_0" (matrices Q8_0
     through gguf.quants.quantize, norms F32). n_embd and n_ff must be multiples of 32 for q8_0.
     vocab: a vocab-only GGUF whose tokenizer.* fields are copied (default: the pinned tree's
     ggml-vocab-llama-spm.gguf).
+    tie_embeddings: no output.weight, so llama.cpp projects with token_embd as Llama 3.2 1B does.
     """
     g = _require_gguf()
     if qtype not in QTYPES:
@@ -143,7 +145,7 @@ def write_llama(path: str | Path, *, vocab: str | Path | None = None, seed: int 
     writer.add_head_count_kv(n_head_kv)
     writer.add_layer_norm_rms_eps(1e-5)
     writer.add_rope_dimension_count(head_dim)
-    writer.add_rope_freq_base(10000.0)
+    writer.add_rope_freq_base(rope_freq_base)
     writer.add_vocab_size(n_vocab)
     writer.add_file_type({"f32": g.LlamaFileType.ALL_F32, "f16": g.LlamaFileType.MOSTLY_F16,
                           "q8_0": g.LlamaFileType.MOSTLY_Q8_0}[qtype])
@@ -170,8 +172,9 @@ def write_llama(path: str | Path, *, vocab: str | Path | None = None, seed: int 
         add_matrix(f"blk.{i}.ffn_up.weight", matrix(n_ff, n_embd))
         add_matrix(f"blk.{i}.ffn_down.weight", matrix(n_embd, n_ff))
     writer.add_tensor("output_norm.weight", norm())
-    # a larger output scale than 1/sqrt(n) gives peaked, varied logits rather than near-uniform ones
-    add_matrix("output.weight", matrix(n_vocab, n_embd) * 4.0)
+    if not tie_embeddings:
+        # a larger output scale than 1/sqrt(n) gives peaked, varied logits rather than near-uniform ones
+        add_matrix("output.weight", matrix(n_vocab, n_embd) * 4.0)
 
     writer.write_header_to_file()
     writer.write_kv_data_to_file()

@@ -196,7 +196,7 @@ def chat(system: str | None, model_path: str | None, backend: str, gpu_layers: i
             messages.append({"role": "assistant", "content": stream.result.text})
 
 
-@main.command()
+@main.command(context_settings={"allow_extra_args": True})
 @click.option("-p", "--n-prompt", type=int, default=512, show_default=True, help="Prompt tokens (pp test).")
 @click.option("-n", "--n-gen", type=int, default=128, show_default=True, help="Generated tokens (tg test).")
 @click.option("-r", "--repetitions", type=int, default=3, show_default=True)
@@ -206,14 +206,23 @@ def chat(system: str | None, model_path: str | None, backend: str, gpu_layers: i
               help="Also run this native llama-bench binary on the same model and print ratios.")
 @click.option("--llama-bench-threads", type=int, default=1, show_default=True,
               help="Threads for llama-bench (1 compares per-thread speed with the single-threaded guest).")
+@click.option("--side-by-side", is_flag=True,
+              help="Run benchmarks/side_by_side.py (source checkout): every backend, both native llama.cpp builds, "
+                   "the benchmark models; writes docs/benchmarks.*. -p/-n/-r/-t/-m given here and arguments "
+                   "after `--` are passed on.")
 @model_options
-def bench(n_prompt: int, n_gen: int, repetitions: int, batch_size: int, threads: int, llama_bench: str | None,
-          llama_bench_threads: int, model_path: str | None, backend: str, gpu_layers: int, trust_model: bool,
-          verbose: bool) -> None:
+@click.pass_context
+def bench(ctx: click.Context, n_prompt: int, n_gen: int, repetitions: int, batch_size: int, threads: int,
+          llama_bench: str | None, llama_bench_threads: int, side_by_side: bool, model_path: str | None, backend: str,
+          gpu_layers: int, trust_model: bool, verbose: bool) -> None:
     """Prompt processing (pp) and generation (tg) speed, as llama-bench measures them."""
     from .bench import run_bench, run_llama_bench
     from .default_model import default_model_path
 
+    if side_by_side:
+        _side_by_side(ctx)
+    if ctx.args:
+        raise click.UsageError(f"unexpected arguments {' '.join(ctx.args)} (they go with --side-by-side)")
     _setup_logging(verbose)
     path = model_path or str(default_model_path())
     with _load(path, backend, gpu_layers, trust_model) as model:
@@ -237,6 +246,22 @@ def bench(n_prompt: int, n_gen: int, repetitions: int, batch_size: int, threads:
             t = theirs[r.test]
             row += f" {t.mean:>9.2f} ± {t.stdev:>4.2f} | {r.mean / t.mean:>6.3f} |"
         click.echo(row)
+
+
+def _side_by_side(ctx: click.Context) -> None:
+    """Hand over to the harness, which lives beside the package in a checkout (it builds llama.cpp)."""
+    import subprocess
+    from pathlib import Path
+
+    script = Path(__file__).resolve().parents[2] / "benchmarks" / "side_by_side.py"
+    if not script.is_file():
+        raise click.UsageError("--side-by-side needs a source checkout of wasillama (benchmarks/side_by_side.py)")
+    args = []
+    for name, flag in (("n_prompt", "-p"), ("n_gen", "-n"), ("repetitions", "-r"), ("threads", "--threads"),
+                       ("model_path", "--models")):
+        if ctx.get_parameter_source(name) is click.core.ParameterSource.COMMANDLINE:
+            args += [flag, str(ctx.params[name])]
+    sys.exit(subprocess.call([sys.executable, str(script), *args, *ctx.args]))
 
 
 @main.command()

@@ -39,6 +39,11 @@ log = logging.getLogger("wasillama")
 BackendName = Literal["wasm", "native", "auto"]
 
 
+def kv_cache_bytes(info: ModelInfo, n_ctx: int) -> int:
+    """An f16 K and V cache of n_ctx tokens with full attention in every layer."""
+    return n_ctx * info.n_layer * info.n_head_kv * (info.n_embd // info.n_head) * 2 * 2
+
+
 def _choose_backend(requested: BackendName, source: ModelSource, gpu_layers: int) -> str:
     if requested in ("wasm", "native"):
         return requested
@@ -213,7 +218,7 @@ class Model:
         if cap is None or i.n_swa or params.type_k not in (-1, 1) or params.type_v not in (-1, 1) or not i.n_head:
             return
         n_ctx = params.n_ctx or i.n_ctx_train
-        kv = n_ctx * i.n_layer * i.n_head_kv * (i.n_embd // i.n_head) * 2 * 2  # K and V, 2 bytes each
+        kv = kv_cache_bytes(i, n_ctx)
         if kv + i.size_bytes > cap:
             raise OutOfMemoryError(
                 f"a {n_ctx}-token cache needs {kv / 2**20:.1f} MiB beside {i.size_bytes / 2**20:.1f} MiB of weights, "
