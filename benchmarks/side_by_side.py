@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import hashlib
 import json
 import os
 import platform
@@ -37,7 +36,7 @@ sys.path.insert(0, str(HERE))
 
 import embedding_bench  # noqa: E402
 import report  # noqa: E402
-from synthetic_models import BENCH_TYPES, bench_models, native_bin  # noqa: E402
+from synthetic_models import BENCH_TYPES, bench_models, file_sha256, native_bin  # noqa: E402
 
 ORDER = ("native", "avx2", "wasm", "plugin")  # the engines of one round, in the order they run
 NOTABLE_FLAGS = ("avx2", "fma", "f16c", "avx512f", "avx512_vnni", "avx512_bf16", "amx_tile", "amx_int8")
@@ -56,14 +55,6 @@ class BenchModel:
     size_bytes: int
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(1 << 22):
-            h.update(block)
-    return h.hexdigest()
-
-
 def resolve_models(keys: list[str]) -> list[BenchModel]:
     """"smollm2", a synthetic type (Q4_0, ...) or a GGUF path, in the order given."""
     types = [k for k in keys if k in BENCH_TYPES]
@@ -80,7 +71,7 @@ def resolve_models(keys: list[str]) -> list[BenchModel]:
             out.append(BenchModel(f"Llama-3.2-1B-shaped x{m.n_layer}", m.type, m.path, m.sha256, m.size_bytes))
         else:
             path = Path(key)
-            out.append(BenchModel(path.stem, "?", path, _sha256(path), path.stat().st_size))
+            out.append(BenchModel(path.stem, "?", path, file_sha256(path), path.stat().st_size))
     return out
 
 

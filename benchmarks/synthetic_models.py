@@ -78,7 +78,7 @@ class SyntheticModel:
     n_layer: int
 
 
-def _sha256(path: Path) -> str:
+def file_sha256(path: Path) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as f:
         while block := f.read(1 << 22):
@@ -91,7 +91,7 @@ def _recorded(path: Path, manifest: dict[str, Any]) -> str:
     st = path.stat()
     entry = manifest.get(path.name, {})
     if entry.get("size") != st.st_size or entry.get("mtime_ns") != st.st_mtime_ns:
-        entry = {"sha256": _sha256(path), "size": st.st_size, "mtime_ns": st.st_mtime_ns}
+        entry = {"sha256": file_sha256(path), "size": st.st_size, "mtime_ns": st.st_mtime_ns}
         manifest[path.name] = entry
     return str(entry["sha256"])
 
