@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Build wasm/llama.wasm: llama.cpp (libllama + ggml CPU) and the wasillama shim for wasm32-wasi
-# with SIMD128 and wasm exception handling, plus wasm/llama.wasm.json describing the build.
+# with SIMD128, wasm exception handling and threads (atomics on an imported shared memory,
+# wasi-threads' thread-spawn), plus wasm/llama.wasm.json describing the build.
 #
 # Reproducible: pinned sources (sha256-checked), pinned Debian toolchain, fixed flags, no
 # timestamps or build paths in the output (-ffile-prefix-map); two runs give the same bytes.
