@@ -113,11 +113,16 @@ struct Context {
         n_outputs = 0;
         output_pos.clear();
     }
-    // wasm: the thread pool its graphs run on (null with one thread); see start_thread_pool
+#if defined(__wasm__)
+    // the thread pool its graphs run on (null with one thread); see start_thread_pool. Natively
+    // ggml-cpu is a backend loaded at run time, not linked: llama.cpp manages its threads there.
     ggml_threadpool * threadpool = nullptr;
+#endif
     ~Context() {
         if (ctx) llama_free(ctx);
+#if defined(__wasm__)
         if (threadpool) ggml_threadpool_free(threadpool);  // joins its threads
+#endif
     }
 };
 static_assert(sizeof(std::atomic<int32_t>) == sizeof(int32_t), "the host writes the abort flag as an int32");
