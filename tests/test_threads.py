@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -26,10 +27,10 @@ def guest_threads(model: wasillama.Model) -> GuestThreads:
     return transport.threads
 
 
-def wait_until(predicate: object, timeout: float = 5.0) -> bool:
+def wait_until(predicate: Callable[[], bool], timeout: float = 5.0) -> bool:
     end = time.monotonic() + timeout
     while time.monotonic() < end:
-        if predicate():  # type: ignore[operator]
+        if predicate():
             return True
         time.sleep(0.01)
     return False

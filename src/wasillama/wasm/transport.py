@@ -136,9 +136,10 @@ class WasmTransport:
     def _new_shared_memory(self, engine: wasmtime.Engine, declared: wasmtime.MemoryType) -> _SharedMemory:
         """The guest's memory: as the module declares it, its maximum lowered to the cap."""
         lo, hi = declared.limits.min, declared.limits.max
+        assert hi is not None  # wasm requires a shared memory to declare its maximum
         if self._memory_cap is not None:
             self._check_cap(lo * PAGE)
-            hi = min(hi if hi is not None else 65536, self._memory_cap // PAGE)
+            hi = min(hi, self._memory_cap // PAGE)
         return _SharedMemory(engine, wasmtime.MemoryType(wasmtime.Limits(lo, hi), shared=True))
 
     def _runtime_cell(self, export: str) -> int:
