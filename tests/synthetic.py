@@ -30,7 +30,12 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 # The vocab the synthetic models use by default: SentencePiece llama, 32000 tokens, byte fallback.
 DEFAULT_VOCAB = "ggml-vocab-llama-spm.gguf"
 
-QTYPES = ("f32", "f16", "q8_0")
+QTYPES = ("f32", "f16", "q8_0", "q4_0", "q4_1", "q4_k")
+
+
+def row_multiple(qtype: str) -> int:
+    """What n_embd and n_ff must be multiples of for qtype's blocks."""
+    return {"q4_k": 256, "q8_0": 32, "q4_0": 32, "q4_1": 32}.get(qtype, 1)
 
 
 @functools.lru_cache(maxsize=1)
@@ -100,14 +105,31 @@ def _add_fields(writer: Any, fields: Sequence[tuple[str, Any, Any, Any]]) -> Non
         writer.add_key_value(name, value, vtype, sub_type=sub)
 
 
+def _random_q4_k(rng: np.random.Generator, rows: int, cols: int) -> np.ndarray:
+    """(rows, cols / 256 * 144) bytes of Q4_K blocks: random 6-bit scales and mins, random quants,
+    and d, dmin chosen so a weight is about N(0, 1 / cols) with mean near 0 (dmin = 7.5 d offsets
+    the mean of the unsigned quants)."""
+    if cols % 256:
+        raise ValueError("Q4_K rows must be multiples of 256")
+    blocks = rows * cols // 256
+    d = np.float16(1.0 / (np.sqrt(cols) * 120.0))
+    raw = np.empty((blocks, 144), dtype=np.uint8)
+    raw[:, 0:2] = np.frombuffer(np.full(blocks, d, dtype="<f2").tobytes(), dtype=np.uint8).reshape(blocks, 2)
+    raw[:, 2:4] = np.frombuffer(np.full(blocks, np.float16(7.5 * float(d)), dtype="<f2").tobytes(),
+                                dtype=np.uint8).reshape(blocks, 2)
+    raw[:, 4:] = rng.integers(0, 256, size=(blocks, 140), dtype=np.uint8)
+    return raw.reshape(rows, cols // 256 * 144)
+
+
 def write_llama(path: str | Path, *, vocab: str | Path | None = None, seed: int = 0, n_layer: int = 2,
                 n_embd: int = 128, n_head: int = 4, n_head_kv: int = 2, n_ff: int = 256,
                 n_ctx_train: int = 512, qtype: str = "f16", name: str = "wasillama-synthetic-llama",
                 rope_freq_base: float = 10000.0, tie_embeddings: bool = False) -> Path:
     """Write a random-weight "llama" GGUF and return its path.
 
-    qtype: "f32" (every tensor F32), "f16" (matrices F16, norms F32) or "q8_0" (matrices Q8_0
-    through gguf.quants.quantize, norms F32). n_embd and n_ff must be multiples of 32 for q8_0.
+    qtype: "f32" (every tensor F32), "f16" (matrices F16, norms F32), "q8_0", "q4_0" or "q4_1"
+    (matrices quantized by gguf.quants.quantize, norms F32; n_embd and n_ff multiples of 32), or
+    "q4_k" (matrices of random Q4_K blocks, which gguf cannot quantize to; multiples of 256).
     vocab: a vocab-only GGUF whose tokenizer.* fields are copied (default: the pinned tree's
     ggml-vocab-llama-spm.gguf).
     tie_embeddings: no output.weight, so llama.cpp projects with token_embd as Llama 3.2 1B does.
@@ -148,7 +170,8 @@ def write_llama(path: str | Path, *, vocab: str | Path | None = None, seed: int 
     writer.add_rope_freq_base(rope_freq_base)
     writer.add_vocab_size(n_vocab)
     writer.add_file_type({"f32": g.LlamaFileType.ALL_F32, "f16": g.LlamaFileType.MOSTLY_F16,
-                          "q8_0": g.LlamaFileType.MOSTLY_Q8_0}[qtype])
+                          "q8_0": g.LlamaFileType.MOSTLY_Q8_0, "q4_0": g.LlamaFileType.MOSTLY_Q4_0,
+                          "q4_1": g.LlamaFileType.MOSTLY_Q4_1, "q4_k": g.LlamaFileType.MOSTLY_Q4_K_M}[qtype])
     _add_fields(writer, fields)
 
     def add_matrix(tname: str, data: np.ndarray) -> None:
@@ -156,9 +179,13 @@ def write_llama(path: str | Path, *, vocab: str | Path | None = None, seed: int 
             writer.add_tensor(tname, data)
         elif qtype == "f16":
             writer.add_tensor(tname, data.astype(np.float16))
+        elif qtype == "q4_k":
+            q = _random_q4_k(rng, *data.shape)
+            writer.add_tensor(tname, q, raw_shape=q.shape, raw_dtype=g.GGMLQuantizationType.Q4_K)
         else:
-            q = g.quants.quantize(data, g.GGMLQuantizationType.Q8_0)
-            writer.add_tensor(tname, q, raw_shape=q.shape, raw_dtype=g.GGMLQuantizationType.Q8_0)
+            qt = getattr(g.GGMLQuantizationType, qtype.upper())
+            q = g.quants.quantize(data, qt)
+            writer.add_tensor(tname, q, raw_shape=q.shape, raw_dtype=qt)
 
     add_matrix("token_embd.weight", matrix(n_vocab, n_embd))
     for i in range(n_layer):

@@ -15,7 +15,7 @@ from helpers import load_model
 @pytest.mark.parametrize("qtype", synthetic.QTYPES)
 def test_synthetic_model_generates_16_greedy_tokens(synthetic_models: Callable[..., Path], backend_name: str,
                                                     qtype: str) -> None:
-    path = synthetic_models(seed=0, n_layer=2, n_embd=64, qtype=qtype)
+    path = synthetic_models(seed=0, n_layer=2, n_embd=max(64, synthetic.row_multiple(qtype)), qtype=qtype)
     with load_model(path, backend_name) as model, model.new_context(n_ctx=256) as ctx:
         assert model.architecture == "llama"
         result = ctx.generate("Once upon a time", max_tokens=16, temperature=0)
@@ -54,7 +54,8 @@ def _tiny_vocab(src: Path, dst: Path, n_tokens: int = 512) -> Path:
 def test_write_without_tensor_drops_exactly_one(tmp_path: Path, vocab_gguf: Path, qtype: str) -> None:
     gguf = pytest.importorskip("gguf")
     vocab = _tiny_vocab(vocab_gguf, tmp_path / "tiny-vocab.gguf")
-    src = synthetic.write_llama(tmp_path / "src.gguf", vocab=vocab, n_layer=2, n_embd=64, qtype=qtype)
+    src = synthetic.write_llama(tmp_path / "src.gguf", vocab=vocab, n_layer=2,
+                                n_embd=max(64, synthetic.row_multiple(qtype)), qtype=qtype)
     dst = synthetic.write_without_tensor(src, tmp_path / "missing.gguf", "blk.1.attn_v.weight")
     a, b = gguf.GGUFReader(str(src)), gguf.GGUFReader(str(dst))
     assert synthetic.gguf_layout(src.read_bytes()).data_start == a.data_offset

@@ -201,11 +201,11 @@ def chat(system: str | None, model_path: str | None, backend: str, gpu_layers: i
 @click.option("-n", "--n-gen", type=int, default=128, show_default=True, help="Generated tokens (tg test).")
 @click.option("-r", "--repetitions", type=int, default=3, show_default=True)
 @click.option("-b", "--batch-size", type=int, default=512, show_default=True)
-@click.option("-t", "--threads", type=int, default=0, help="Threads (native backend; the wasm guest uses 1).")
+@click.option("-t", "--threads", type=int, default=0, help="Threads, both backends (0: one per core).")
 @click.option("--llama-bench", "llama_bench", type=click.Path(exists=True, dir_okay=False), default=None,
               help="Also run this native llama-bench binary on the same model and print ratios.")
 @click.option("--llama-bench-threads", type=int, default=1, show_default=True,
-              help="Threads for llama-bench (1 compares per-thread speed with the single-threaded guest).")
+              help="Threads for llama-bench (match -t to compare at equal threads).")
 @click.option("--side-by-side", is_flag=True,
               help="Run benchmarks/side_by_side.py (source checkout): every backend, both native llama.cpp builds, "
                    "the benchmark models; writes docs/benchmarks.*. -p/-n/-r/-t/-m given here and arguments "

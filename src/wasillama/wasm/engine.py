@@ -41,7 +41,7 @@ NO_DEADLINE = 2**62  # epoch ticks: never
 
 def _config_key() -> str:
     """Every engine setting that changes the compiled code belongs in the cache key."""
-    return "simd+exceptions+threads+v1" + ("+epoch" if EPOCH_INTERRUPTION else "")
+    return "simd+relaxed+exceptions+threads+v1" + ("+epoch" if EPOCH_INTERRUPTION else "")
 
 
 @dataclass
@@ -61,6 +61,11 @@ _compiled: CompiledModule | None = None
 def _make_engine() -> wasmtime.Engine:
     cfg = wasmtime.Config()
     cfg.wasm_simd = True
+    # llama.wasm's one relaxed instruction (the K-quants' i8 x u7 dot) keeps its 7-bit operand in
+    # range, where every lowering gives the same integers; the deterministic lowering of it would
+    # be the slow one (wasm/build.sh checks that no other relaxed instruction is in the module)
+    cfg.wasm_relaxed_simd = True
+    cfg.wasm_relaxed_simd_deterministic = False
     cfg.wasm_exceptions = True  # llama.cpp reports load errors by throwing
     cfg.wasm_threads = True  # guest threads: atomics and a shared memory (threads.py)
     cfg.shared_memory = True
