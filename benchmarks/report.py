@@ -190,6 +190,27 @@ Models (the synthetic ones: random weights from a fixed seed, Llama-3.2-1B's rea
 
 {models}
 
+### Where wasm stays behind, and why
+
+Per op (profiles of the guest with wasmtime's perf map), what separates the guest from the
+native builds on one core:
+
+- **Vector width and registers.** Wasm SIMD is 128 bits; the native default build runs 512-bit
+  AVX-512 and the AVX2 build 256-bit AVX2 kernels. Cranelift gives a tile 16 vector registers.
+- **No fused multiply-add.** F16 and F32 matrix products (and attention) take a multiply and an
+  add per 4 lanes where AVX2 takes one FMA per 8. Relaxed SIMD's `relaxed_madd` fuses or not
+  depending on the host, which would end bit-reproducibility (docs/parity.md), so it is not used.
+- **No half-precision conversion.** Widening F16 weights takes about seven instructions per four
+  values (one `vcvtph2ps` per eight natively). The F16 prompt tiles (wasm/patches/0009) widen each
+  weight once per block of columns, but a token's decode pays it for every weight: F16 tg.
+- **No signed byte dot product.** Q8_0 and Q4_0/Q4_1 products widen bytes to 16 bits and use
+  `i32x4.dot_i16x8_s` (native: `vpmaddubsw` on 32 bytes, or AVX-512 VNNI's `vpdpbusd`). Q4_K and
+  Q6_K use relaxed SIMD's i8 x u7 dot, exact because their quants fit in 7 bits.
+- **Repacked weights.** The native default build repacks Q4_0 and Q4_K weights into interleaved
+  blocks for its AVX2/AVX-512 GEMMs (ggml's CPU_REPACK); the guest multiplies the GGUF's layout,
+  so its prompt tiles unpack each block once per tile row.
+- **Deadlines.** Epoch interruption (per-call deadlines) adds a counter check to every loop.
+
 ## Memory
 
 Resident memory of a fresh Python process (`benchmarks/startup.py`) that loaded the model and a
