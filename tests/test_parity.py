@@ -88,6 +88,38 @@ def test_smollm2_greedy_parts_only_at_near_ties(smollm2_path: Path) -> None:
     assert identical >= 1
 
 
+@pytest.mark.skipif(not native_available(), reason="the wasillama-native plugin is not installed")
+def test_smollm2_teacher_forced_misses_are_near_ties(smollm2_path: Path) -> None:
+    """Fed native's 64 greedy tokens one at a time, wasm predicts native's next token at nearly
+    every position (96.7% of these 768 when measured; docs/parity.md), and where it does not,
+    native's own logits for the two tokens nearly tie: float noise, not a kernel, chose."""
+    with Model.load(smollm2_path, backend="native", trust_model=True) as model, \
+            model.new_context(n_ctx=512, n_threads=1, n_threads_batch=1) as ctx:
+        prompts = [model.tokenize(model.apply_chat_template(chat_messages(p)), parse_special=True)
+                   for p in NEAR_TIE_PROMPTS]
+        references = [ctx.chat(chat_messages(p), max_tokens=64, temperature=0).tokens for p in NEAR_TIE_PROMPTS]
+    misses: list[tuple[int, int, int, int]] = []  # (prompt, position, native's token, wasm's)
+    positions = 0
+    with Model.load(smollm2_path, backend="wasm") as model, \
+            model.new_context(n_ctx=512, n_threads=1, n_threads_batch=1) as ctx:
+        for k, (prompt, ref) in enumerate(zip(prompts, references, strict=True)):
+            for i, expected in enumerate(ref):
+                ctx.eval(prompt + ref[:i])  # the cache holds the prefix: one token's decode
+                predicted = int(np.argmax(ctx.logits()))
+                positions += 1
+                if predicted != expected:
+                    misses.append((k, i, expected, predicted))
+    assert positions >= 12 * 32
+    assert len(misses) <= 0.05 * positions, f"{len(misses)} of {positions} positions differ: {misses}"
+    with Model.load(smollm2_path, backend="native", trust_model=True) as model, \
+            model.new_context(n_ctx=512, n_threads=1, n_threads_batch=1) as ctx:
+        for k, i, expected, predicted in misses:
+            ctx.eval(prompts[k] + references[k][:i])
+            logits = ctx.logits()
+            gap = float(logits[expected] - logits[predicted])
+            assert 0 <= gap < NEAR_TIE_LOGITS, f"prompt {k}, position {i}: a logit gap of {gap:.3f}"
+
+
 def _logits(path: Path, backend: str, tokens: list[int]) -> np.ndarray:
     with Model.load(path, backend=backend, trust_model=True) as model, model.new_context(n_ctx=256) as ctx:  # type: ignore[arg-type]
         ctx.eval(tokens)
