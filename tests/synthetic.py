@@ -114,9 +114,7 @@ def _random_q4_k(rng: np.random.Generator, rows: int, cols: int) -> np.ndarray:
     blocks = rows * cols // 256
     d = np.float16(1.0 / (np.sqrt(cols) * 120.0))
     raw = np.empty((blocks, 144), dtype=np.uint8)
-    raw[:, 0:2] = np.frombuffer(np.full(blocks, d, dtype="<f2").tobytes(), dtype=np.uint8).reshape(blocks, 2)
-    raw[:, 2:4] = np.frombuffer(np.full(blocks, np.float16(7.5 * float(d)), dtype="<f2").tobytes(),
-                                dtype=np.uint8).reshape(blocks, 2)
+    raw[:, 0:4] = np.array([d, 7.5 * float(d)], dtype="<f2").view(np.uint8)  # d, dmin
     raw[:, 4:] = rng.integers(0, 256, size=(blocks, 140), dtype=np.uint8)
     return raw.reshape(rows, cols // 256 * 144)
 
