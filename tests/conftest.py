@@ -77,6 +77,22 @@ def smollm2_path() -> Path:
     return default_model_path(quiet=True)
 
 
+QWEN_TEMPLATE = "Qwen-Qwen2.5-7B-Instruct.jinja"  # Hermes-style <tool_call> JSON in the reply
+
+
+@pytest.fixture(scope="session")
+def qwen_template(llama_cpp_dir: Path) -> str:
+    return (llama_cpp_dir / "models" / "templates" / QWEN_TEMPLATE).read_text()
+
+
+@pytest.fixture(scope="session")
+def tool_model_path(smollm2_path: Path, qwen_template: str, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """SmolLM2-135M-Instruct with Qwen2.5's tool-calling chat template in its metadata."""
+    pytest.importorskip("gguf")
+    dst = tmp_path_factory.mktemp("tool-model") / "smollm2-qwen-template.gguf"
+    return synthetic.copy_gguf(smollm2_path, dst, strings={"tokenizer.chat_template": qwen_template})
+
+
 # ---- synthetic models ------------------------------------------------------------------------------
 
 

@@ -18,35 +18,10 @@ from jinja2.sandbox import ImmutableSandboxedEnvironment
 import synthetic
 import wasillama
 from helpers import load_model
+from tool_calls import HISTORY, WEATHER, WEATHER_SCHEMA
 from wasillama import ChatMessage, ChatTemplateError, InvalidArgumentError, UnsupportedOptionError
 from wasillama.chat import Message
 from wasillama.shim import abi
-
-QWEN_TEMPLATE = "Qwen-Qwen2.5-7B-Instruct.jinja"  # Hermes-style <tool_call> JSON in the reply
-
-WEATHER_SCHEMA: dict[str, Any] = {
-    "type": "object",
-    "properties": {"city": {"type": "string"}, "unit": {"type": "string", "enum": ["celsius", "fahrenheit"]}},
-    "required": ["city", "unit"],
-}
-WEATHER = {"type": "function", "function": {"name": "get_weather", "description": "The current weather in a city",
-                                            "parameters": WEATHER_SCHEMA}}
-
-
-def _shot(i: int, city: str) -> list[dict[str, Any]]:
-    """One earlier exchange: a question, the assistant's tool call, its result, the answer. The
-    calls leave out "unit", which the schema requires: only the grammar puts it in."""
-    call = {"id": f"call_{i}", "type": "function",
-            "function": {"name": "get_weather", "arguments": json.dumps({"city": city})}}
-    return [{"role": "user", "content": f"What is the weather in {city}?"},
-            {"role": "assistant", "content": "", "tool_calls": [call]},
-            {"role": "tool", "tool_call_id": f"call_{i}", "content": '{"temperature": 14}'},
-            {"role": "assistant", "content": f"It is 14 degrees in {city}."}]
-
-
-# Three worked examples are what SmolLM2-135M needs to call the tool on its own.
-HISTORY = [*_shot(1, "London"), *_shot(2, "Tokyo"), *_shot(3, "Rome"),
-           {"role": "user", "content": "What is the weather in Paris?"}]
 
 
 def reference_render(template: str, messages: list[dict[str, Any]], **variables: Any) -> str:
@@ -57,19 +32,6 @@ def reference_render(template: str, messages: list[dict[str, Any]], **variables:
     env.globals["raise_exception"] = lambda message: (_ for _ in ()).throw(ValueError(message))
     env.globals["strftime_now"] = lambda fmt: datetime.now().strftime(fmt)
     return env.from_string(template).render(messages=messages, **variables)
-
-
-@pytest.fixture(scope="session")
-def qwen_template(llama_cpp_dir: Path) -> str:
-    return (llama_cpp_dir / "models" / "templates" / QWEN_TEMPLATE).read_text()
-
-
-@pytest.fixture(scope="session")
-def tool_model_path(smollm2_path: Path, qwen_template: str, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """SmolLM2-135M-Instruct with Qwen2.5's tool-calling chat template in its metadata."""
-    pytest.importorskip("gguf")
-    dst = tmp_path_factory.mktemp("tool-model") / "smollm2-qwen-template.gguf"
-    return synthetic.copy_gguf(smollm2_path, dst, strings={"tokenizer.chat_template": qwen_template})
 
 
 @pytest.fixture(scope="module")

@@ -295,3 +295,43 @@ def info() -> None:
                     be.close()
         except WasillamaError as e:
             click.echo(f"{name}: unavailable ({e})")
+
+
+@main.command()
+@click.option("-m", "--model", "models", multiple=True, type=click.Path(dir_okay=False),
+              help="GGUF file to serve, named by its file name (repeat for several; default: the embedded model).")
+@click.option("--host", default="127.0.0.1", show_default=True)
+@click.option("--port", type=int, default=8080, show_default=True)
+@click.option("--pods", type=int, default=None, help="Sandboxes per model (more use more cores). [default: 1]")
+@click.option("--threads", type=int, default=None, help="Threads per pod. [default: 1]")
+@click.option("--parallel", type=int, default=None, help="Sequences per pod, batched together. [default: 4]")
+@click.option("-c", "--ctx-size", "n_ctx", type=int, default=None, help="Tokens per sequence. [default: 2048]")
+@click.option("--backend", type=click.Choice(["wasm", "native"]), default=None, help="[default: wasm]")
+@click.option("--trust-model", is_flag=True, default=None, help="Allow the unsandboxed native backend.")
+@click.option("--api-keys", type=click.Path(dir_okay=False, exists=True), default=None,
+              help="File of API keys, one per line, optionally followed by a tenant name.")
+@click.option("--config", "config_file", type=click.Path(dir_okay=False, exists=True), default=None,
+              help="JSON config: models, tenants and their limits, queue (docs/server.md).")
+@click.option("--jobs-db", default=None, help="SQLite file of the jobs API. [default: ./jobs.sqlite3]")
+@click.option("--preload", is_flag=True, help="Load every model at start instead of at its first request.")
+@click.option("-v", "--verbose", is_flag=True, help="Show llama.cpp's log.")
+def serve(models: tuple[str, ...], host: str, port: int, pods: int | None, threads: int | None,
+          parallel: int | None, n_ctx: int | None, backend: str | None, trust_model: bool | None,
+          api_keys: str | None, config_file: str | None, jobs_db: str | None, preload: bool, verbose: bool) -> None:
+    """An OpenAI-compatible server (chat, completions, embeddings, jobs) for many tenants."""
+    try:
+        import uvicorn
+
+        from .server import create_app, load_config
+    except ImportError as e:
+        raise click.UsageError(f"the server needs its extra: pip install 'wasillama[server]' ({e})") from e
+    _setup_logging(verbose)
+    logging.getLogger("wasillama.server").setLevel(logging.INFO)
+    if not models and config_file is None:
+        from .default_model import default_model_path
+
+        models = (str(default_model_path()),)
+    config = load_config(config_file, models=models, api_keys=api_keys, pods=pods, threads=threads,
+                         parallel=parallel, n_ctx=n_ctx, backend=backend, trust_model=trust_model, jobs_db=jobs_db)
+    click.echo(f"wasillama serve: http://{host}:{port}/v1 ({', '.join(m.name for m in config.models)})", err=True)
+    uvicorn.run(create_app(config, preload=preload), host=host, port=port, log_level="info" if verbose else "warning")

@@ -32,6 +32,7 @@ import numpy as np
 
 from . import deadline, speculative, state
 from .backend import Generated
+from .batching import ContinuousBatch
 from .chat import ChatPrompt, Message
 from .embedding import embed_texts
 from .errors import (
@@ -448,6 +449,14 @@ class Context:
         stream's `.results` holds the GenerationResults in the prompts' order."""
         return self._batch_stream(prompts, 1, options)
 
+    def continuous_batch(self, *, steps_per_call: int = 1, prompt_chunk: int | None = None) -> ContinuousBatch:
+        """Continuous batching (wasillama.batching): prompts join and leave this context's batch
+        between decode steps, each in its own sequence with its own sampling; a server's loop.
+        It holds the context until closed. steps_per_call: tokens each request gets per step
+        (1: every piece comes as soon as it exists); prompt_chunk: most prompt tokens evaluated
+        per step (n_batch when None), what a new prompt delays the others' next token by."""
+        return ContinuousBatch(self, steps_per_call=steps_per_call, prompt_chunk=prompt_chunk)
+
     def _batch_stream(self, prompts: Sequence[str | Sequence[int] | Mapping[str, Any]], chunk: int,
                       options: Mapping[str, Any]) -> BatchStream:
         options = dict(options)
@@ -575,6 +584,18 @@ class Context:
         readable) or all but the last (which generation decodes as its first step). Reuses a
         cached prefix; evaluates the rest in chunks of n_batch that let other Contexts of the same
         sandbox take turns. Returns how many tokens were reused."""
+        reused, chunks = self._ingest_plan(seq, tokens, with_last=with_last)
+        for k, chunk in enumerate(chunks):
+            self._ingest_chunk(seq, chunk, logits_last=with_last and k == len(chunks) - 1, background=len(chunks) > 1)
+            if self._abort_requested:
+                raise AbortedError("aborted while evaluating the prompt")
+            deadline.check("while evaluating the prompt")
+        return reused
+
+    def _ingest_plan(self, seq: int, tokens: list[int], *, with_last: bool,
+                     chunk: int | None = None) -> tuple[int, list[list[int]]]:
+        """The first half of _ingest: the reused prefix made ready, and the chunks (of `chunk`
+        tokens, n_batch at most) still to evaluate."""
         if not tokens:
             raise InvalidArgumentError("the prompt is empty (no tokens)")
         if len(tokens) >= self.n_ctx_seq:
@@ -584,25 +605,23 @@ class Context:
         target = tokens if with_last else tokens[:-1]
         reused = self._prefix(seq, target[:-1] if with_last else target)
         rest = target[reused:]
-        chunks = [rest[i : i + self.n_batch] for i in range(0, len(rest), self.n_batch)]
+        size = min(chunk or self.n_batch, self.n_batch)
+        return reused, [rest[i : i + size] for i in range(0, len(rest), size)]
+
+    def _ingest_chunk(self, seq: int, chunk: list[int], *, logits_last: bool, background: bool) -> None:
+        """Evaluate one chunk of a prompt into sequence `seq`, after what it holds."""
+        flags = np.zeros(len(chunk), dtype=np.int8)
+        if logits_last:
+            flags[-1] = 1
         try:
-            for k, chunk in enumerate(chunks):
-                flags = np.zeros(len(chunk), dtype=np.int8)
-                if with_last and k == len(chunks) - 1:
-                    flags[-1] = 1
-                self._backend.decode(self._handle, np.asarray(chunk, dtype=np.int32),
-                                     seq=np.full(len(chunk), seq, dtype=np.int32), logits=flags,
-                                     background=len(chunks) > 1)
-                self._cached[seq].extend(chunk)
-                if self._abort_requested:
-                    raise AbortedError("aborted while evaluating the prompt")
-                deadline.check("while evaluating the prompt")
+            self._backend.decode(self._handle, np.asarray(chunk, dtype=np.int32),
+                                 seq=np.full(len(chunk), seq, dtype=np.int32), logits=flags, background=background)
+            self._cached[seq].extend(chunk)
         except BaseException:
             # a failed chunk may be partly in the cache: drop what the cache holds beyond the known tokens
             with contextlib.suppress(WasillamaError):
                 self._backend.memory_seq_rm(self._handle, seq, len(self._cached[seq]), -1)
             raise
-        return reused
 
     def _record_step(self, seq: int, pending: int, new: list[int], reason: int) -> None:
         """After a wl_context_generate step of `seq`: record which of [pending] + new the cache
@@ -676,52 +695,77 @@ class Context:
                         if t >= 0)
         return TokenLogprob(token, self._piece_text(token), float(step.logprobs[k][n]), top)
 
+    def _start(self, job: _Job, t_prompt: float) -> None:
+        """A job whose prompt is in the cache (all but its pending last token) starts generating:
+        its sampler is made, with the prompt as history when penalties need one."""
+        job.pending = job.tokens[-1]
+        if not job.sampler:
+            self._make_sampler(job)
+        if job.max_tokens == 0:
+            job.finish = "length"
+        job.t_prompt = t_prompt
+
+    def _make_sampler(self, job: _Job) -> None:
+        """The job's sampler chain (a grammar that does not parse fails here), with the prompt
+        as history when penalties need one."""
+        job.sampler = self._backend.new_sampler(self._model._require_handle(), job.steps)
+        if job.sampling.penalised:  # the whole prompt is history, the pending last token included
+            self._backend.sampler_accept(job.sampler, np.asarray(job.tokens, dtype=np.int32))
+
+    def _decode_step(self, active: list[_Job], chunk: int) -> Iterator[tuple[_Job, str]]:
+        """One wl_context_generate call for every job in `active`: each samples up to `chunk`
+        tokens with its own chain, all decoded together. Yields (job, text piece); a job that
+        ends gets its finish reason."""
+        tops = [j.logprobs for j in active if j.logprobs is not None]
+        try:
+            step = self._backend.generate_multi(
+                self._handle, [j.seq for j in active], [j.sampler for j in active],
+                [j.pending for j in active], [min(chunk, j.max_tokens - len(j.out)) for j in active],
+                max(tops) if tops else None)
+        except BaseException:
+            for j in active:  # what the cache holds beyond the known tokens is unknown: drop it
+                with contextlib.suppress(WasillamaError):
+                    self._backend.memory_seq_rm(self._handle, j.seq, len(self._cached[j.seq]), -1)
+            raise
+        for k, (job, toks, reason) in enumerate(zip(active, step.tokens, step.stops, strict=True)):
+            new_list = toks.tolist()
+            self._sync(job, new_list, reason)
+            for n, tok in enumerate(new_list):  # a stop string may end the text before the step's last token
+                job.out.append(tok)
+                if job.logprobs is not None:
+                    job.scores.append(self._token_logprob(step, k, n, tok, job.logprobs))
+                piece = self._push(job, tok)
+                if piece:
+                    yield job, piece
+                if job.text.stopped is not None:
+                    job.finish = "stop"
+                    break
+            if job.finish is None and (reason != abi.STOP_LENGTH or len(job.out) >= job.max_tokens):
+                job.finish = _FINISH[reason]
+
+    def _result(self, job: _Job, t0: float, t1: float, t2: float) -> GenerationResult:
+        """A finished job's result: started at t0, its prompt in the cache at t1, done at t2."""
+        return self._finished(job, GenerationResult(
+            text=job.text.text, tokens=job.out, prompt_tokens=len(job.tokens), cached_prompt_tokens=job.reused,
+            finish_reason=job.finish or "length", stop_sequence=job.text.stopped,
+            logprobs=job.scores if job.logprobs is not None else None,
+            timings=Timings(len(job.tokens) - job.reused, t1 - t0, len(job.out), t2 - t1)))
+
     def _steps(self, jobs: list[_Job], chunk: int, cancel: threading.Event) -> Iterator[tuple[int, str]]:
         """Ingest every prompt, then generate until every job has finished (or `cancel`)."""
         if cancel.is_set():
             return
         for job in jobs:
             job.reused = self._ingest(job.seq, job.tokens, with_last=False)
-            job.pending = job.tokens[-1]
         t_prompt = time.perf_counter()
-        model = self._model._require_handle()
         for job in jobs:
-            job.sampler = self._backend.new_sampler(model, job.steps)
-            if job.sampling.penalised:  # the whole prompt is history, the pending last token included
-                self._backend.sampler_accept(job.sampler, np.asarray(job.tokens, dtype=np.int32))
-            if job.max_tokens == 0:
-                job.finish = "length"
-            job.t_prompt = t_prompt
+            self._start(job, t_prompt)
         while (active := [j for j in jobs if j.finish is None]) and not cancel.is_set():
             if self._abort_requested:
                 raise AbortedError("generation aborted")
             deadline.check("while generating")
-            tops = [j.logprobs for j in active if j.logprobs is not None]
-            try:
-                step = self._backend.generate_multi(
-                    self._handle, [j.seq for j in active], [j.sampler for j in active],
-                    [j.pending for j in active], [min(chunk, j.max_tokens - len(j.out)) for j in active],
-                    max(tops) if tops else None)
-            except BaseException:
-                for j in active:  # what the cache holds beyond the known tokens is unknown: drop it
-                    with contextlib.suppress(WasillamaError):
-                        self._backend.memory_seq_rm(self._handle, j.seq, len(self._cached[j.seq]), -1)
-                raise
-            for k, (job, toks, reason) in enumerate(zip(active, step.tokens, step.stops, strict=True)):
-                new_list = toks.tolist()
-                self._sync(job, new_list, reason)
-                for n, tok in enumerate(new_list):  # a stop string may end the text before the step's last token
-                    job.out.append(tok)
-                    if job.logprobs is not None:
-                        job.scores.append(self._token_logprob(step, k, n, tok, job.logprobs))
-                    piece = self._push(job, tok)
-                    if piece:
-                        yield job.index, piece
-                    if job.text.stopped is not None:
-                        job.finish = "stop"
-                        break
-                if job.finish is None and (reason != abi.STOP_LENGTH or len(job.out) >= job.max_tokens):
-                    job.finish = _FINISH[reason]
+            for job, piece in self._decode_step(active, chunk):
+                yield job.index, piece
 
     def _run(self, jobs: list[_Job], chunk: int,
              cancel: threading.Event | None = None) -> Iterator[tuple[int, str] | list[GenerationResult]]:
@@ -750,11 +794,7 @@ class Context:
                 if tail:
                     yield job.index, tail
             t2 = time.perf_counter()
-            yield [self._finished(j, GenerationResult(
-                text=j.text.text, tokens=j.out, prompt_tokens=len(j.tokens), cached_prompt_tokens=j.reused,
-                finish_reason=j.finish or "length", stop_sequence=j.text.stopped,
-                logprobs=j.scores if j.logprobs is not None else None,
-                timings=Timings(len(j.tokens) - j.reused, t1 - t0, len(j.out), t2 - t1))) for j in jobs]
+            yield [self._result(j, t0, t1, t2) for j in jobs]
         finally:
             with self._cancel_lock:
                 self._running = None
