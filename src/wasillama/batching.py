@@ -33,7 +33,7 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 from . import deadline
-from .chat import Message
+from .chat import ChatPrompt, Message
 from .errors import ClosedError, ContextFullError, DeadlineExceededError, InvalidArgumentError, WasillamaError
 from .options import ChatOptions
 from .results import GenerationResult
@@ -134,10 +134,11 @@ class ContinuousBatch:
         self._reading.append(request)
         return request
 
-    def submit_chat(self, messages: Sequence[Message], *, chat: ChatOptions | None = None,
+    def submit_chat(self, messages: Sequence[Message] | ChatPrompt, *, chat: ChatOptions | None = None,
                     **options: Any) -> BatchRequest:
-        """submit() for a conversation (Context.chat's arguments): the reply is parsed into
-        result.message, tool calls included."""
+        """submit() for a conversation (Context.chat's arguments), or for one already rendered
+        (Model.render_chat; by another Model of the same file, e.g. a screening one): the reply
+        is parsed into result.message, tool calls included."""
         prompt, rest = self._ctx._chat_options(messages, chat, options)
         return self.submit(prompt, **rest)
 

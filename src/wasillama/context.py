@@ -482,15 +482,21 @@ class Context:
         prompt, options = self._chat_options(messages, chat, options)
         return self.stream(prompt, **options)
 
-    def _chat_options(self, messages: Sequence[Message], chat: ChatOptions | None,
+    def _chat_options(self, messages: Sequence[Message] | ChatPrompt, chat: ChatOptions | None,
                       options: Mapping[str, Any]) -> tuple[str, dict[str, Any]]:
-        """The rendered prompt, and generate()'s options for answering it."""
+        """The rendered prompt (`messages` rendered, or already a ChatPrompt), and generate()'s
+        options for answering it."""
         chat_fields = names(ChatOptions)
         end = deadline.end_of(self._model._timeout(options.get("timeout")))  # one for rendering and answering
-        with deadline.until(end):
-            rendered = self._model.render_chat(messages, chat,
-                                               **{k: v for k, v in options.items() if k in chat_fields})
-            deadline.check("after rendering the chat template")
+        if isinstance(messages, ChatPrompt):
+            if chat is not None or any(k in chat_fields for k in options):
+                raise InvalidArgumentError("a rendered ChatPrompt takes no chat options: they applied when it rendered")
+            rendered = messages
+        else:
+            with deadline.until(end):
+                rendered = self._model.render_chat(messages, chat,
+                                                   **{k: v for k, v in options.items() if k in chat_fields})
+                deadline.check("after rendering the chat template")
         rest = {k: v for k, v in options.items() if k not in chat_fields}
         if end is not None:
             rest["timeout"] = max(end - time.monotonic(), 1e-6)  # checked above: what is left

@@ -8,6 +8,7 @@ calls into one model's sandbox are serialised; on the native backend they run in
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 import os
 import threading
@@ -30,8 +31,9 @@ from .errors import (
     WasillamaError,
 )
 from .lora import Lora
-from .options import ChatOptions, ContextOptions, LoadOptions, SandboxOptions, names, resolve
+from .options import ChatOptions, ContextOptions, LoadOptions, Sampling, SandboxOptions, names, resolve
 from .sandbox import Sandbox
+from .shim import abi
 from .shim.abi import ContextParams, ModelInfo, ModelParams
 
 log = logging.getLogger("wasillama")
@@ -338,6 +340,22 @@ class Model:
             with self._lock:
                 self._grammars[schema] = grammar
         return grammar
+
+    def prepare_sampling(self, sampling: Sampling, *, chat: ChatPrompt | None = None) -> Sampling:
+        """`sampling` made ready to run: its json_schema converted to a grammar, and its whole
+        sampler chain (with the grammar of `chat`, a rendered conversation) built once in this
+        model's backend and freed. A grammar or schema that does not parse raises
+        InvalidArgumentError here; one that crashes llama.cpp's parser traps this model's
+        sandbox, not the one the returned Sampling is later used in. A server screens requests
+        in a vocabulary-only Model this way (LoadOptions.vocab_only) before they join a batch."""
+        chosen = sampling
+        if isinstance(chosen.json_schema, str):
+            chosen = dataclasses.replace(chosen, grammar=self.schema_grammar(chosen.json_schema), json_schema=None)
+        steps = abi.sampler_chain(chosen, 0 if chosen.seed is None else chosen.seed,
+                                  self.eog_tokens if chosen.ignore_eos else (), chat.grammar if chat else None)
+        backend = self._backend
+        backend.free_sampler(backend.new_sampler(self._require_handle(), steps))
+        return chosen
 
     @cached_property
     def eog_tokens(self) -> tuple[int, ...]:

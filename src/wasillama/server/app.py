@@ -201,6 +201,10 @@ class Server:
             self.metrics.watch(pool.name, pool.queue.qsize, lambda: pool.running)
         return pool
 
+    def _timeout(self, tenant: Tenant) -> float:
+        own = tenant.config.request_timeout
+        return self.config.request_timeout if own is None else min(own, self.config.request_timeout)
+
     @property
     def default_model(self) -> str:
         return self.config.models[0].name
@@ -217,7 +221,7 @@ class Server:
         stack.enter_context(tenant.slot(plan.max_tokens * len(plan.choices)))
         loop = asyncio.get_running_loop()
         events: asyncio.Queue[tuple[int, str, Any]] = asyncio.Queue()
-        end = time.monotonic() + self.config.request_timeout
+        end = time.monotonic() + self._timeout(tenant)
         works = [Work(plan.kind, args, loop, events, end, index=i, max_prompt_tokens=tenant.config.max_prompt_tokens)  # type: ignore[arg-type]
                  for i, args in enumerate(plan.choices)]
         choices = Choices(self, tenant, pool, works, stack)
@@ -339,7 +343,7 @@ class Server:
             raise bad_request(f"the model {model!r} does not compute embeddings", param="model")
         loop = asyncio.get_running_loop()
         events: asyncio.Queue[tuple[int, str, Any]] = asyncio.Queue()
-        work = Work("embed", {"input": texts}, loop, events, time.monotonic() + self.config.request_timeout,
+        work = Work("embed", {"input": texts}, loop, events, time.monotonic() + self._timeout(tenant),
                     max_prompt_tokens=tenant.config.max_prompt_tokens)
         with tenant.slot(0):
             pool.submit(work)

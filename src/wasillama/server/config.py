@@ -68,12 +68,15 @@ class TenantConfig:
     isolated: bool = False
     max_memory: int | str | None = None
     models: tuple[str, ...] = ()  # the models it may use; () = all
+    request_timeout: float | None = None  # seconds a request may take (queued and running); None = the server's
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "keys", tuple(self.keys))
         object.__setattr__(self, "models", tuple(self.models))
         if self.max_concurrent < 1 or self.max_tokens < 1:
             raise InvalidArgumentError(f"tenant {self.name}: max_concurrent and max_tokens must be >= 1")
+        if self.request_timeout is not None and not self.request_timeout > 0:
+            raise InvalidArgumentError(f"tenant {self.name}: request_timeout must be > 0")
         if self.tokens_per_minute is not None and self.tokens_per_minute < 1:
             raise InvalidArgumentError(f"tenant {self.name}: tokens_per_minute must be >= 1")
         if self.max_memory is not None:

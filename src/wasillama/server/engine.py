@@ -29,9 +29,9 @@ from typing import Any, Literal
 
 from ..batching import BatchRequest, ContinuousBatch
 from ..context import Context
-from ..errors import AbortedError, ContextFullError, WasillamaError
+from ..errors import AbortedError, BackendError, ContextFullError, WasillamaError
 from ..model import Model, kv_cache_bytes
-from ..options import SandboxOptions
+from ..options import Sampling, SandboxOptions
 from .config import ModelConfig, ServerConfig
 from .errors import ApiError, bad_request, not_found, rate_limited
 
@@ -80,6 +80,7 @@ class Pod:
         self.model: Model | None = None
         self._ctx: Context | None = None
         self._batch: ContinuousBatch | None = None
+        self.screen: Model | None = None
         self._active: dict[BatchRequest, Work] = {}
         self._thread = threading.Thread(target=self._run, name=f"pod-{pool.name}-{index}", daemon=True)
         self.restarts = 0
@@ -107,17 +108,25 @@ class Pod:
             raise
         self.model, self._ctx = model, ctx
         self.embeddings = embeddings
-        self._batch = None if embeddings else ctx.continuous_batch(prompt_chunk=pool.prompt_chunk)
+        if not embeddings:
+            # Requests are prepared here first: their chat rendered, their grammar parsed, their
+            # sampler chain built. Whatever a request makes llama.cpp crash on while it is
+            # prepared traps this vocabulary-only sandbox (rebuilt for the next one), never the
+            # pod's, where other requests are being decoded.
+            self.screen = Model.load(cfg.path, backend=cfg.backend, trust_model=cfg.trust_model,  # type: ignore[arg-type]
+                                     vocab_only=True, sandbox=SandboxOptions(default_timeout=pool.call_timeout,
+                                                                             on_trap="rebuild"))
+            self._batch = ctx.continuous_batch(prompt_chunk=pool.prompt_chunk)
 
     def start(self) -> None:
         self._thread.start()
 
     def close(self) -> None:
-        for closer in (self._batch, self._ctx, self.model):
+        for closer in (self._batch, self._ctx, self.model, self.screen):
             if closer is not None:
                 with contextlib.suppress(Exception):
                     closer.close()
-        self._batch = self._ctx = self.model = None
+        self._batch = self._ctx = self.model = self.screen = None
 
     def join(self, timeout: float) -> None:
         if self._thread.is_alive():
@@ -186,14 +195,36 @@ class Pod:
                 else:
                     w.post("done", r.result)
 
-    def _admit(self, batch: ContinuousBatch, w: Work) -> None:
+    def _prepared(self, w: Work) -> tuple[Any, dict[str, Any]]:
+        """The request's prompt (a chat rendered) and options (its sampling built), from the screen."""
+        screen = self.screen
+        assert screen is not None
+        options = dict(w.args["options"])
+        sampling = options.get("sampling") or Sampling()
         left = max(w.deadline - time.monotonic(), 1e-3)
         try:
             if w.kind == "chat":
-                r = batch.submit_chat(w.args["messages"], timeout=left, **w.args["options"])
+                prompt: Any = screen.render_chat(w.args["messages"], options.pop("chat", None), timeout=left)
+                options["sampling"] = screen.prepare_sampling(sampling, chat=prompt)
             else:
-                r = batch.submit(w.args["prompt"], timeout=left, **w.args["options"])
-        except WasillamaError as e:
+                prompt = w.args["prompt"]
+                options["sampling"] = screen.prepare_sampling(sampling)
+        except BackendError as e:
+            if screen.poisoned is None:
+                raise
+            raise bad_request(f"llama.cpp crashed while this request was prepared (its grammar, schema or "
+                              f"chat); no other request was affected: {e}") from e
+        return prompt, options
+
+    def _admit(self, batch: ContinuousBatch, w: Work) -> None:
+        try:
+            prompt, options = self._prepared(w)
+            left = max(w.deadline - time.monotonic(), 1e-3)
+            if w.kind == "chat":
+                r = batch.submit_chat(prompt, timeout=left, **options)
+            else:
+                r = batch.submit(prompt, timeout=left, **options)
+        except (WasillamaError, ApiError) as e:
             w.post("error", e)
             return
         self._active[r] = w
