@@ -7,12 +7,15 @@
 #   native (default)  GGML_NATIVE=ON: -march=native, what this machine can do  -> .cache/native-ref/build
 #   avx2              GGML_NATIVE=OFF with SSE4.2/AVX/AVX2/BMI2/FMA/F16C, no AVX-512, no AMX: a
 #                     distro's x86-64-v3 build or a typical laptop's          -> .cache/native-ref/build-avx2
+#   server            the native build's CPU options, llama-server alone (the server load test's
+#                     comparator)                                             -> .cache/native-ref/build-server
 #
 # Idempotent: when the binaries exist and were built from the same tree and options, it only
 # prints the bin directory.
 #
 # Usage: scripts/build_native_reference.sh
 #        WASILLAMA_REF_CPU=avx2   the portable AVX2 build (llama-bench and llama-embedding only)
+#        WASILLAMA_REF_CPU=server llama-server, CPU options as the native build
 #        WASILLAMA_BUILD_JOBS=N   parallel compile jobs (default: nproc)
 #        WASILLAMA_CUDA=1         also build the CUDA backend (into .cache/native-ref/build-cuda)
 #        WASILLAMA_BUILD_CACHE    cache folder (default: <repo>/.cache)
@@ -36,12 +39,19 @@ amx="${WASILLAMA_AMX:-0}"
 log() { printf '[build_native_reference] %s\n' "$*" >&2; }
 
 cpu_args=()
+server=OFF
 case "$cpu" in
-    native)
+    native|server)
         targets=(llama-bench llama-batched-bench llama-completion llama-simple llama-tokenize llama-quantize
                  llama-embedding)
         build="$cache/native-ref/build"
         [ "$cuda" = ON ] && build="$cache/native-ref/build-cuda"
+        if [ "$cpu" = server ]; then
+            [ "$cuda" = OFF ] || { log "WASILLAMA_REF_CPU=server is a CPU-only build"; exit 1; }
+            targets=(llama-server)
+            build="$cache/native-ref/build-server"
+            server=ON
+        fi
         cpu_args=(-DGGML_NATIVE=ON)
         if [ "$amx" != 1 ] && [ "$(uname -m)" = x86_64 ]; then
             # GCC and clang let an explicit -mno-* win over what -march=native implies, in any order.
@@ -60,7 +70,7 @@ case "$cpu" in
         done
         cpu_args=(-DGGML_NATIVE=OFF "${cpu_args[@]}")
         want_cpu="${cpu_args[*]}" ;;
-    *) log "WASILLAMA_REF_CPU must be native or avx2, not '$cpu'"; exit 1 ;;
+    *) log "WASILLAMA_REF_CPU must be native, avx2 or server, not '$cpu'"; exit 1 ;;
 esac
 
 src="$("$root/scripts/llama_cpp_source.sh")"
@@ -99,7 +109,7 @@ cmake -S "$src" -B "$build" "${generator[@]}" \
     -DBUILD_SHARED_LIBS=OFF -DGGML_BACKEND_DL=OFF -DGGML_CCACHE=OFF \
     "${cpu_args[@]}" "${cuda_args[@]}" \
     -DLLAMA_BUILD_COMMON=ON -DLLAMA_BUILD_TOOLS=ON -DLLAMA_BUILD_EXAMPLES=ON \
-    -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_SERVER=OFF -DLLAMA_BUILD_APP=OFF \
+    -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_SERVER="$server" -DLLAMA_BUILD_APP=OFF \
     -DLLAMA_OPENSSL=OFF -DLLAMA_CURL=OFF >"$build/cmake.log" 2>&1 || {
     tail -40 "$build/cmake.log" >&2; log "cmake configure failed (see $build/cmake.log)"; exit 1; }
 
