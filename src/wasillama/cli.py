@@ -314,11 +314,18 @@ def info() -> None:
               help="JSON config: models, tenants and their limits, queue (docs/server.md).")
 @click.option("--jobs-db", default=None, help="SQLite file of the jobs API. [default: ./jobs.sqlite3]")
 @click.option("--preload", is_flag=True, help="Load every model at start instead of at its first request.")
+@click.option("--ray", "on_ray", is_flag=True,
+              help="Run as a Ray Serve deployment (the ray extra; needs --config, which every replica reads).")
+@click.option("--replicas", type=int, default=2, show_default=True, help="Ray Serve replicas (with --ray).")
 @click.option("-v", "--verbose", is_flag=True, help="Show llama.cpp's log.")
 def serve(models: tuple[str, ...], host: str, port: int, pods: int | None, threads: int | None,
           parallel: int | None, n_ctx: int | None, backend: str | None, trust_model: bool | None,
-          api_keys: str | None, config_file: str | None, jobs_db: str | None, preload: bool, verbose: bool) -> None:
+          api_keys: str | None, config_file: str | None, jobs_db: str | None, preload: bool, on_ray: bool,
+          replicas: int, verbose: bool) -> None:
     """An OpenAI-compatible server (chat, completions, embeddings, jobs) for many tenants."""
+    if on_ray:
+        _serve_on_ray(config_file, models, host, port, replicas)
+        return
     try:
         import uvicorn
 
@@ -335,3 +342,28 @@ def serve(models: tuple[str, ...], host: str, port: int, pods: int | None, threa
                          parallel=parallel, n_ctx=n_ctx, backend=backend, trust_model=trust_model, jobs_db=jobs_db)
     click.echo(f"wasillama serve: http://{host}:{port}/v1 ({', '.join(m.name for m in config.models)})", err=True)
     uvicorn.run(create_app(config, preload=preload), host=host, port=port, log_level="info" if verbose else "warning")
+
+
+def _serve_on_ray(config_file: str | None, models: tuple[str, ...], host: str, port: int, replicas: int) -> None:
+    """`serve --ray`: start (or join) a Ray cluster and run the server's deployment on it until Ctrl-C."""
+    if config_file is None or models:
+        raise click.UsageError("--ray takes the server from --config alone (every replica reads that file)")
+    try:
+        import ray
+        from ray import serve as ray_serve
+
+        from .server.ray_serve import deployment
+    except ImportError as e:
+        raise click.UsageError(f"--ray needs the ray extra: pip install 'wasillama[ray]' ({e})") from e
+    import time
+
+    ray.init(address=os.environ.get("RAY_ADDRESS"))
+    ray_serve.start(http_options={"host": host, "port": port})
+    ray_serve.run(deployment(os.path.abspath(config_file), replicas=replicas).bind(), name="wasillama",
+                  route_prefix="/")
+    click.echo(f"wasillama serve on Ray: http://{host}:{port}/v1 ({replicas} replicas)", err=True)
+    try:
+        while True:
+            time.sleep(3600)
+    except KeyboardInterrupt:
+        ray_serve.shutdown()  # type: ignore[no-untyped-call]
