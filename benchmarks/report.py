@@ -285,6 +285,11 @@ def write_doc(results: dict[str, Any], out_dir: Path) -> None:
         embeddings=embedding_table(emb) if emb else "(not measured in this run)",
         latency_runs=emb["latency_runs"] if emb else NONE, warmup_runs=emb["warmup_runs"] if emb else NONE,
         repetitions=st["repetitions"], threads=emb["threads"] if emb else NONE)
+    server = out_dir / "benchmarks-server.json"
+    if server.is_file():  # benchmarks/server_load.py's last run
+        from server_load import summary
+
+        doc += "\n## Server under load\n\n" + summary(json.loads(server.read_text()))
     (out_dir / "benchmarks.md").write_text(doc)
 
 

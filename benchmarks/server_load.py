@@ -253,7 +253,8 @@ def available(target: str) -> str | None:
     return None
 
 
-def write_doc(results: dict[str, Any], path: Path) -> None:
+def summary(results: dict[str, Any]) -> str:
+    """The markdown of a run: settings, the table, ratios, the hostile tenant's outcome."""
     rows = results["results"]
     ours = next((r for r in rows if r["target"] == "wasillama"), None)
 
@@ -269,30 +270,41 @@ def write_doc(results: dict[str, Any], path: Path) -> None:
     ratios = []
     for r in rows:
         if ours is not None and r is not ours and r["tokens_per_s"]:
-            ratios.append(f"- wasillama / {r['target']}: tokens/s {ours['tokens_per_s'] / r['tokens_per_s']:.2f}, "
+            ratios.append(f"- wasillama / {r['target']}: tokens/s **{ours['tokens_per_s'] / r['tokens_per_s']:.2f}**, "
                           f"TTFT p50 {num((ours['ttft_p50_s'] or 0) / (r['ttft_p50_s'] or 1))}x, "
+                          f"TTFT p95 {num((ours['ttft_p95_s'] or 0) / (r['ttft_p95_s'] or 1))}x, "
                           f"ITL p95 {num((ours['itl_p95_s'] or 0) / (r['itl_p95_s'] or 1))}x")
     st = results["settings"]
     hostile = ""
     if ours is not None and ours.get("hostile"):
-        counts = ", ".join(f"{k}: {sorted(set(v))} x{len(v)}" for k, v in ours["hostile"].items())
-        hostile = (f"\nA hostile tenant on the same pods sent, all the while: {counts} (HTTP statuses). "
+        counts = "; ".join(f"{k}: {len(v)}, answered {sorted(set(v))}" for k, v in ours["hostile"].items())
+        hostile = (f"\nAll the while, a hostile tenant on the same pods sent ({counts}). "
                    f"The good tenant's failed requests: **{ours['requests_failed']}**.\n")
     skipped = "".join(f"\n- {t}: not run ({why})" for t, why in results.get("skipped", {}).items())
-    path.write_text(f"""# Server under load
-
-`benchmarks/server_load.py --streams {st['streams']} --duration {st['duration']} --threads {st['threads']} \
---max-tokens {st['max_tokens']}` on {results['machine']}: {st['streams']} concurrent streamed chat completions
-on loopback for {st['duration']} s per server, {st['threads']} thread(s) of compute each (wasillama:
-{st['threads']} pod(s) x 1 thread; llama-server: `-t {st['threads']} -np {st['streams']}`, continuous
-batching), model {st['model']}, up to {st['max_tokens']} tokens per reply, temperature 0.7. TTFT: time to
-the first content; ITL: the gap between content chunks. Raw numbers: [benchmarks-server.json](benchmarks-server.json).
+    command = (f"benchmarks/server_load.py --streams {st['streams']} --duration {st['duration']:g} "
+               f"--threads {st['threads']} --max-tokens {st['max_tokens']}")
+    return f"""`{command}` on {results['machine']}: {st['streams']} concurrent streamed chat completions
+on loopback for {st['duration']:g} s per server, {st['threads']} thread(s) of compute each (wasillama:
+{st['threads']} pod(s) x 1 thread, continuous batching; llama-server: `-t {st['threads']} -np {st['streams']} -cb`),
+model {st['model']}, up to {st['max_tokens']} tokens per reply, temperature 0.7. TTFT: time to the first
+content; ITL: the gap between content chunks. Raw numbers: [benchmarks-server.json](benchmarks-server.json).
 
 {chr(10).join(lines)}
 
 {chr(10).join(ratios)}
 {hostile}{skipped}
-""")
+"""
+
+
+def write_doc(results: dict[str, Any], path: Path) -> None:
+    path.write_text("# Server under load\n\n" + summary(results))
+    # docs/benchmarks.md shows it too (report.py reads the JSON beside it)
+    main_json = path.parent / "benchmarks.json"
+    if main_json.is_file():
+        sys.path.insert(0, str(Path(__file__).resolve().parent))
+        import report
+
+        report.write_doc(json.loads(main_json.read_text()), path.parent)
 
 
 def main(argv: list[str] | None = None) -> int:

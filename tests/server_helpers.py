@@ -26,7 +26,9 @@ def free_port() -> int:
 
 
 class LiveServer:
-    def __init__(self, config: dict[str, Any], workdir: Path, *, jobs_db: Path | None = None) -> None:
+    def __init__(self, config: dict[str, Any], workdir: Path, *, jobs_db: Path | None = None,
+                 preload: bool = True) -> None:
+        self.preload = preload
         self.workdir = workdir
         self.config_path = workdir / "server.json"
         self.config_path.write_text(json.dumps(config))
@@ -39,7 +41,7 @@ class LiveServer:
     def start(self, timeout: float = 180.0) -> LiveServer:
         cli = Path(sys.executable).with_name("wasillama")
         cmd = [str(cli) if cli.exists() else "wasillama", "serve", "--config", str(self.config_path),
-               "--port", str(self.port), "--jobs-db", str(self.jobs_db), "--preload"]
+               "--port", str(self.port), "--jobs-db", str(self.jobs_db), *(["--preload"] if self.preload else [])]
         with open(self.log, "ab") as log:
             self.proc = subprocess.Popen(cmd, stdout=log, stderr=log, cwd=self.workdir, env={**os.environ})
         end = time.monotonic() + timeout

@@ -23,6 +23,7 @@ from contextlib import ExitStack
 from typing import Any
 
 from starlette.applications import Starlette
+from starlette.background import BackgroundTask
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
@@ -63,6 +64,7 @@ class Choices:
         self.t0 = time.monotonic()
         self.first_piece: float | None = None
         self.results: list[GenerationResult | None] = [None] * len(works)
+        self._closed = False
 
     async def admitted(self) -> None:
         """Wait until every choice is in a batch; raise the first refusal (before any response starts)."""
@@ -97,7 +99,10 @@ class Choices:
         return [r for r in self.results if r is not None]
 
     def close(self) -> None:
-        """Cancel what still runs, release the tenant's slot, count the tokens."""
+        """Cancel what still runs, release the tenant's slot, count the tokens. Idempotent."""
+        if self._closed:
+            return
+        self._closed = True
         for w in self.works:
             w.cancel()
         done = [r for r in self.results if r is not None]
@@ -271,8 +276,11 @@ class Server:
         choices = await self.start(plan, tenant)
         rid = oa.new_id("chatcmpl" if plan.kind == "chat" else "cmpl")
         if plan.stream:
+            # the stream's own `finally` closes the choices; the background task too, for a
+            # stream that never started (its client left first)
             return StreamingResponse(self._sse(rid, plan, choices), media_type="text/event-stream",
-                                     headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+                                     headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+                                     background=BackgroundTask(choices.close))
         try:
             results = await self._complete(request, choices)
         finally:

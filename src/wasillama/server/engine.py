@@ -33,7 +33,7 @@ from ..errors import AbortedError, BackendError, ContextFullError, WasillamaErro
 from ..model import Model, kv_cache_bytes
 from ..options import Sampling, SandboxOptions
 from .config import ModelConfig, ServerConfig
-from .errors import ApiError, bad_request, not_found, rate_limited
+from .errors import ApiError, bad_request, from_library, not_found, rate_limited
 
 log = logging.getLogger("wasillama.server")
 
@@ -386,8 +386,10 @@ class Registry:
             try:
                 await asyncio.to_thread(pool.start)
             except WasillamaError as e:
-                raise ApiError(500, f"the model {name!r} failed to load: {e}", type="server_error",
-                               code="model_load_failed") from e
+                err = from_library(e)
+                status = err.status if err.status == 507 else 500  # out of memory says so; the rest is ours
+                raise ApiError(status, f"the model {name!r} failed to load: {e}", type="server_error",
+                               code=err.code if status == 507 else "model_load_failed") from e
             self._pools[key] = pool
             self._bytes[key] = pool.model_bytes * cfg.pods + kv_cache_bytes(
                 pool.model.info, cfg.n_ctx * cfg.parallel) * cfg.pods
