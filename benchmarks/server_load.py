@@ -217,7 +217,9 @@ def _start(target: str, model: Path, threads: int, streams: int, n_ctx: int, hos
                "-cb", "--no-webui", "--api-key", GOOD]
     else:
         cmd = [sys.executable, "-m", "llama_cpp.server", "--model", str(model), "--host", "127.0.0.1",
-               "--port", str(port), "--n_threads", str(threads), "--n_ctx", str(n_ctx), "--api_key", GOOD]
+               "--port", str(port), "--n_threads", str(threads), "--n_ctx", str(n_ctx), "--api_key", GOOD,
+               # by default a new request interrupts the running one: queue them instead (one at a time)
+               "--interrupt_requests", "False"]
     proc = subprocess.Popen(cmd, stdout=log, stderr=log, cwd=workdir)
     try:
         (_wait_models if target == "llama-cpp-python" else _wait)(url, proc)
@@ -293,6 +295,10 @@ content; ITL: the gap between content chunks. Raw numbers: [benchmarks-server.js
 
 {chr(10).join(ratios)}
 {hostile}{skipped}
+- llama-cpp-python's server runs one request at a time (started with `--interrupt_requests False`:
+  by default each new request cuts off the one running), so under this load its TTFT is mostly
+  queueing.
+- A failed request of a native server is one it closed without an answer (the errors are in the JSON).
 """
 
 
