@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import importlib
 import json
 import os
 import platform
@@ -247,7 +248,7 @@ def available(target: str) -> str | None:
     """Why a target cannot run here, or None."""
     if target == "llama-cpp-python":
         try:
-            import llama_cpp.server  # type: ignore[import-not-found]  # noqa: F401
+            importlib.import_module("llama_cpp.server")
         except ImportError:
             return "llama-cpp-python[server] is not installed"
     if target == "llama-server" and shutil.which("cmake") is None:

@@ -127,3 +127,24 @@ def test_chat_requests_are_parsed(smollm2_path: object, backend_name: str) -> No
             _drain(batch)
         assert r.result is not None and r.result.message is not None
         assert r.result.tokens == alone.tokens and r.result.message.content == alone.message.content  # type: ignore[union-attr]
+
+
+def test_a_request_whose_sampler_fails_fails_alone(model: wasillama.Model) -> None:
+    """A grammar that is complete after "a", with end-of-generation banned (ignore_eos), leaves
+    no token to sample: that request fails, the one decoded with it goes on to its own text."""
+    with model.new_context(n_ctx=256) as ctx:
+        alone = ctx.generate(PROMPTS[1], max_tokens=12, temperature=0).tokens
+    with model.new_context(n_ctx=2 * 256, n_seq_max=2) as ctx, ctx.continuous_batch() as batch:
+        good = batch.submit(PROMPTS[1], max_tokens=12, temperature=0)
+        stuck = batch.submit(PROMPTS[0], max_tokens=12, temperature=0, grammar='root ::= "a"', ignore_eos=True)
+        _drain(batch)
+        assert isinstance(stuck.error, wasillama.WasillamaError) and stuck.result is None
+        assert good.result is not None and good.result.tokens == alone
+
+
+def test_token_ids_outside_the_vocabulary_are_refused(model: wasillama.Model) -> None:
+    with model.new_context(n_ctx=256) as ctx, ctx.continuous_batch() as batch:
+        for bad in ([1, model.n_vocab], [-1], [1, 2**40]):
+            with pytest.raises(wasillama.InvalidArgumentError, match="not in the vocabulary"):
+                batch.submit(bad, max_tokens=2)
+        assert batch.free == 1

@@ -36,6 +36,8 @@ MESSAGES: Any = [{"role": "system", "content": "You are a helpful assistant."},
 N_CTX = 1024
 HISTORY: Any = _HISTORY  # plain dicts, as a client sends them (the client's TypedDicts do not help here)
 WEATHER: Any = _WEATHER
+NOT_TOKENS: Any = [["a"]]
+UNREADABLE: Any = [{"role": "assistant", "content": "", "tool_calls": 5}, {"role": "user", "content": "Hi"}]
 
 
 @pytest.fixture(scope="module")
@@ -107,10 +109,11 @@ def test_completions_equal_the_library(client: openai.OpenAI, reference: wasilla
 
 
 def test_n_choices_with_a_seed_are_reproducible(client: openai.OpenAI) -> None:
-    kwargs: dict[str, Any] = dict(model=CHAT, prompt="Once upon a time", max_tokens=16, temperature=1.0, n=3, seed=11)
+    # n=6 choices for a pod of 4 sequences: some start while others wait for a sequence
+    kwargs: dict[str, Any] = dict(model=CHAT, prompt="Once upon a time", max_tokens=16, temperature=1.0, n=6, seed=11)
     a, b = client.completions.create(**kwargs), client.completions.create(**kwargs)
     assert [c.text for c in a.choices] == [c.text for c in b.choices]
-    assert [c.index for c in a.choices] == [0, 1, 2]
+    assert [c.index for c in a.choices] == [0, 1, 2, 3, 4, 5]
     assert len({c.text for c in a.choices}) > 1  # seed + i per choice: they differ from each other
 
 
@@ -214,6 +217,12 @@ def test_errors_as_openai_clients_expect(server: LiveServer, client: openai.Open
     malformed = httpx.post(server.url + "/v1/chat/completions", content=b'{"model": "smollm2", "messages": [',
                            headers={"Authorization": f"Bearer {ALICE}", "Content-Type": "application/json"})
     assert malformed.status_code == 400 and "JSON" in malformed.json()["error"]["message"]
+    with pytest.raises(openai.BadRequestError, match="vocabulary"):  # token ids outside it
+        client.completions.create(model=CHAT, prompt=[1, 10**9], max_tokens=4)
+    with pytest.raises(openai.BadRequestError):  # token lists that are not token lists
+        client.embeddings.create(model=EMBED, input=NOT_TOKENS)
+    with pytest.raises(openai.BadRequestError):  # a message the chat code cannot read
+        client.chat.completions.create(model=CHAT, max_tokens=4, messages=UNREADABLE)
     hostile = client.chat.completions.with_raw_response  # a grammar that does not parse is the caller's error
     with pytest.raises(openai.BadRequestError):
         hostile.create(model=CHAT, messages=MESSAGES, max_tokens=4, extra_body={"grammar": 'root ::= "unclosed'})

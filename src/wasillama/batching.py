@@ -34,7 +34,14 @@ from typing import TYPE_CHECKING, Any
 
 from . import deadline
 from .chat import ChatPrompt, Message
-from .errors import ClosedError, ContextFullError, DeadlineExceededError, InvalidArgumentError, WasillamaError
+from .errors import (
+    AbortedError,
+    ClosedError,
+    ContextFullError,
+    DeadlineExceededError,
+    InvalidArgumentError,
+    WasillamaError,
+)
 from .options import ChatOptions
 from .results import GenerationResult
 
@@ -177,12 +184,25 @@ class ContinuousBatch:
                 self._fail(r, DeadlineExceededError("the request's deadline passed"), events)
         # each call runs under the sandbox's own limit (default_timeout): a call past it stops
         # (DeadlineExceededError for the requests in it), the others' deadlines are checked above
-        with deadline.after(self._ctx._model._timeout(None)), self._ctx._stopwatch():
+        ctx = self._ctx
+        with deadline.after(ctx._model._timeout(None)), ctx._stopwatch():
             if self._reading:
                 self._read(self._reading[0], events)
             if self._generating:
                 self._decode(events)
+        if ctx._abort_requested:  # the step's timer fired: its flag must not stop the next step
+            ctx._abort_requested = False
+            with contextlib.suppress(WasillamaError):
+                ctx._backend.set_abort(ctx._handle, False)
         return events
+
+    def _error(self, e: WasillamaError) -> WasillamaError:
+        """What a request that failed in this step gets: the step's own stop at the sandbox's
+        limit is a deadline, not an abort."""
+        if isinstance(e, AbortedError) and self._ctx._abort_requested:
+            return DeadlineExceededError(f"a sandbox call took longer than its limit "
+                                         f"({self._ctx._model.sandbox_options.default_timeout} s)")
+        return e
 
     def _read(self, r: BatchRequest, events: list[Event]) -> None:
         ctx, job = self._ctx, r._job
@@ -199,24 +219,39 @@ class ContinuousBatch:
                 if job.finish is not None:  # max_tokens=0
                     self._end(r, events, job.finish)
         except WasillamaError as e:
+            e = self._error(e)
             self._fail(r, e, events)
             self._recover(e, events)
 
     def _decode(self, events: list[Event]) -> None:
-        ctx = self._ctx
-        active = self._generating
-        by_job = {id(r._job): r for r in active}
+        active = list(self._generating)
         try:
-            for job, piece in ctx._decode_step([r._job for r in active], self._chunk):
-                events.append((by_job[id(job)], piece))
+            self._decode_together(active, events)
         except WasillamaError as e:
-            for r in list(active):
-                self._fail(r, e, events)
-            self._recover(e, events)
-            return
-        for r in list(active):
+            e = self._error(e)
+            if self._ctx._model.poisoned is not None or len(active) == 1 or isinstance(e, DeadlineExceededError):
+                for r in active:
+                    self._fail(r, e, events)
+                self._recover(e, events)
+                return
+            # one sequence's sampler failed the shared step (a grammar left with no allowed token):
+            # each request steps alone, so that only the one at fault fails
+            for r in active:
+                try:
+                    self._decode_together([r], events)
+                except WasillamaError as alone:
+                    self._fail(r, self._error(alone), events)
+                    self._recover(alone, events)
+                    if self._ctx._model.poisoned is not None or not self._held:
+                        return
+        for r in list(self._generating):
             if r._job.finish is not None:
                 self._end(r, events, r._job.finish)
+
+    def _decode_together(self, active: list[BatchRequest], events: list[Event]) -> None:
+        by_job = {id(r._job): r for r in active}
+        for job, piece in self._ctx._decode_step([r._job for r in active], self._chunk):
+            events.append((by_job[id(job)], piece))
 
     def _end(self, r: BatchRequest, events: list[Event], finish: Any) -> None:
         """A request ends with a result: the rest of its text, then None."""

@@ -539,6 +539,10 @@ class Context:
             tokens = self.tokenize(prompt, add_special=add_special, parse_special=parse_special)
         else:
             tokens = [int(t) for t in prompt]
+            n_vocab = self._model.n_vocab
+            bad = next((t for t in tokens if not 0 <= t < n_vocab), None)
+            if bad is not None:
+                raise InvalidArgumentError(f"token id {bad} is not in the vocabulary (0 ... {n_vocab - 1})")
         if not tokens:
             raise InvalidArgumentError("the prompt is empty (no tokens)")
         if isinstance(chosen.json_schema, str):  # converted inside the backend (the sandbox, on wasm)

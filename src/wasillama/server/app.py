@@ -65,24 +65,36 @@ class Choices:
         self.first_piece: float | None = None
         self.results: list[GenerationResult | None] = [None] * len(works)
         self._closed = False
+        self._early: list[tuple[int, str, Any]] = []
+        self.admitted_choices = 0
+
+    async def _event(self) -> tuple[int, str, Any]:
+        """The next event; past the request's deadline (and a grace for the pod to say so) a 504."""
+        left = self.works[0].deadline - time.monotonic() + 5.0
+        try:
+            return await asyncio.wait_for(self.events.get(), max(left, 0.1))
+        except asyncio.TimeoutError:
+            raise ApiError(504, "the request passed its deadline", type="timeout_error", code="timeout") from None
 
     async def admitted(self) -> None:
-        """Wait until every choice is in a batch; raise the first refusal (before any response starts)."""
+        """Wait until every choice is in a batch; raise the first refusal (before any response starts).
+        A choice that starts generating before another is admitted keeps its events for stream()."""
         started = 0
         while started < len(self.works):
-            _, kind, value = await self.events.get()
-            if kind == "error":
-                raise value
-            if kind == "started":
+            event = await self._event()
+            if event[1] == "error":
+                raise event[2]
+            if event[1] == "started":
                 started += 1
-            else:  # a piece or a result before "started" cannot happen: a pod posts "started" first
-                raise ApiError(500, f"unexpected event {kind} before the start", type="server_error")
+                self.admitted_choices += 1
+            else:
+                self._early.append(event)
 
     async def stream(self) -> AsyncIterator[tuple[int, str, Any]]:
         """(choice, "piece" | "done", value) until every choice is done; the first error raises."""
         left = sum(r is None for r in self.results)
         while left:
-            i, kind, value = await self.events.get()
+            i, kind, value = self._early.pop(0) if self._early else await self._event()
             if kind == "error":
                 raise value
             if kind == "piece" and self.first_piece is None:
@@ -108,7 +120,10 @@ class Choices:
         done = [r for r in self.results if r is not None]
         prompt = sum(r.prompt_tokens for r in done)
         completion = sum(r.completion_tokens for r in done)
-        self.tenant.spend(prompt + completion)
+        # a choice that ran but has no result (its client left, it failed) is charged what it may
+        # have used: leaving early is no way around tokens_per_minute
+        unfinished = max(0, self.admitted_choices - len(done)) * int(self.works[0].args["options"]["max_tokens"])
+        self.tenant.spend(prompt + completion + unfinished)
         self.server.metrics.generated(self.tenant.name, self.pool.name, prompt, completion)
         self._stack.close()
 
@@ -356,7 +371,9 @@ class Server:
         with tenant.slot(0):
             pool.submit(work)
             try:
-                _, kind, value = await events.get()
+                _, kind, value = await asyncio.wait_for(events.get(), self._timeout(tenant) + 5.0)
+            except asyncio.TimeoutError:
+                raise ApiError(504, "the request passed its deadline", type="timeout_error", code="timeout") from None
             finally:
                 work.cancel()
         if kind == "error":
@@ -429,6 +446,10 @@ class Server:
         spec = {k: v for k, v in body.items() if k != "id"}
         plan = self._plan(spec, tenant)  # refuse now what would fail later
         tenant.check_sizes(plan.model, None, plan.max_tokens)
+        tpm = tenant.config.tokens_per_minute
+        if tpm is not None and plan.max_tokens * len(plan.choices) > tpm:
+            raise bad_request(f"the job may use {plan.max_tokens * len(plan.choices)} tokens, more than this key's "
+                              f"{tpm} per minute: it could never run", param="max_tokens")
         self.registry.model_config(plan.model)
         assert self.jobs is not None
         try:

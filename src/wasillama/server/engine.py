@@ -208,6 +208,8 @@ class Pod:
                 options["sampling"] = screen.prepare_sampling(sampling, chat=prompt)
             else:
                 prompt = w.args["prompt"]
+                if isinstance(prompt, str):  # tokenized here too: a huge prompt costs the pod nothing
+                    prompt = screen.tokenize(prompt)
                 options["sampling"] = screen.prepare_sampling(sampling)
         except BackendError as e:
             if screen.poisoned is None:
@@ -226,6 +228,9 @@ class Pod:
                 r = batch.submit(prompt, timeout=left, **options)
         except (WasillamaError, ApiError) as e:
             w.post("error", e)
+            return
+        except Exception as e:  # what the request's fields made the library choke on: its error alone
+            w.post("error", bad_request(f"the request cannot be run: {type(e).__name__}: {e}"))
             return
         self._active[r] = w
         if w.max_prompt_tokens is not None and r.prompt_tokens > w.max_prompt_tokens:
@@ -253,6 +258,9 @@ class Pod:
                 vectors = ctx.embed_batch(texts, timeout=max(w.deadline - time.monotonic(), 1e-3))
             except (WasillamaError, ApiError) as e:
                 w.post("error", e)
+                continue
+            except Exception as e:
+                w.post("error", bad_request(f"the input cannot be embedded: {type(e).__name__}: {e}"))
                 continue
             w.post("done", (vectors, sum(counts)))
 

@@ -8,8 +8,9 @@ MAX_ATTEMPTS times in all; after that it is marked failed. A result is written o
 server that finished the job; one that finds the job already ended writes nothing.
 
 Who owns a running job: the row names its server (host and pid, plus a random id). A server
-re-queues jobs whose owner is gone: on the same host, a pid that no longer runs; elsewhere (other
-replicas on one shared file), an owner that has not renewed its heartbeat for STALE_S seconds.
+re-queues jobs whose owner is gone: on the same host, a pid that no longer runs; anywhere (other
+replicas on one shared file, a pid reused by a restarted container), an owner that has not renewed
+its heartbeat for STALE_S seconds.
 """
 
 from __future__ import annotations
@@ -184,8 +185,8 @@ class JobStore:
             for r in rows:
                 owner_host, _, rest = (r["owner"] or "::").partition(":")
                 pid = rest.partition(":")[0]
-                gone = (not pid.isdigit() or not _pid_alive(int(pid))) if owner_host == host else (
-                    now - (r["heartbeat"] or 0) > STALE_S)
+                silent = now - (r["heartbeat"] or 0) > STALE_S  # also a pid reused on this host (containers)
+                gone = silent or (owner_host == host and (not pid.isdigit() or not _pid_alive(int(pid))))
                 if gone:
                     orphans.append(r)
             for r in orphans:
@@ -238,11 +239,16 @@ class JobRunner:
     async def _loop(self) -> None:
         last_beat = 0.0
         while True:
-            if time.monotonic() - last_beat > HEARTBEAT_S:
-                await asyncio.to_thread(self.store.heartbeat)
-                await asyncio.to_thread(self.store.recover)
-                last_beat = time.monotonic()
-            job = await asyncio.to_thread(self.store.claim) if len(self._tasks) < self._workers else None
+            try:
+                if time.monotonic() - last_beat > HEARTBEAT_S:
+                    await asyncio.to_thread(self.store.heartbeat)
+                    await asyncio.to_thread(self.store.recover)
+                    last_beat = time.monotonic()
+                job = await asyncio.to_thread(self.store.claim) if len(self._tasks) < self._workers else None
+            except sqlite3.Error:  # a lock held too long by another replica, a full disk: try again
+                log.exception("jobs: the store failed; trying again in 1 s")
+                await asyncio.sleep(1.0)
+                continue
             if job is None:
                 self._wake.clear()
                 with contextlib.suppress(asyncio.TimeoutError):
@@ -257,20 +263,30 @@ class JobRunner:
         self._wake.set()
 
     async def _one(self, job: Job) -> None:
+        result: dict[str, Any] | None = None
+        error: str | None = None
         try:
-            result = await self._run(job)
-        except ApiError as e:
-            if e.status == 429:  # busy or over quota now: it waits in the queue, not counted as an attempt
-                await asyncio.to_thread(self.store.release, job.id)
-                await asyncio.sleep(min(5.0, float(e.headers.get("Retry-After", "1"))))
-                return
-            await asyncio.to_thread(self.store.finish, job.id, error=f"{e.status}: {e.message}")
-            return
+            while True:
+                try:
+                    result = await self._run(job)
+                    break
+                except ApiError as e:
+                    if e.status != 429:
+                        error = f"{e.status}: {e.message}"
+                        break
+                    # busy or over quota now: it waits, holding its place (POST refused the jobs
+                    # that could never fit the quota)
+                    await asyncio.sleep(min(5.0, float(e.headers.get("Retry-After", "1"))))
         except asyncio.CancelledError:  # the server is stopping: back to the queue, for the next start
             self.store.release(job.id)
             raise
         except Exception as e:
             log.exception("job %s failed", job.id)
-            await asyncio.to_thread(self.store.finish, job.id, error=f"500: {e}")
-            return
-        await asyncio.to_thread(self.store.finish, job.id, result=result)
+            error = f"500: {e}"
+        for attempt in range(5):  # the end is written, even past a busy moment of the store
+            try:
+                await asyncio.to_thread(self.store.finish, job.id, result=result, error=error)
+                return
+            except sqlite3.Error:
+                log.exception("jobs: recording the end of %s failed (try %d)", job.id, attempt + 1)
+                await asyncio.sleep(1.0)

@@ -239,7 +239,8 @@ def embedding_inputs(body: Mapping[str, Any]) -> tuple[list[str | list[int]], st
         texts = list(raw)
     elif isinstance(raw, list) and raw and all(isinstance(x, int) and not isinstance(x, bool) for x in raw):
         texts = [list(raw)]
-    elif isinstance(raw, list) and raw and all(isinstance(x, list) and x for x in raw):
+    elif isinstance(raw, list) and raw and all(
+            isinstance(x, list) and x and all(isinstance(t, int) and not isinstance(t, bool) for t in x) for x in raw):
         texts = [list(x) for x in raw]
     else:
         raise bad_request("'input' is a string, a list of strings, or token ids", param="input")
