@@ -180,13 +180,14 @@ def _summary(target: str, streams: int, samples: list[Sample], elapsed: float,
                   sorted({s.error for s in samples if not s.ok})[:5], hostile)
 
 
-def _wait(url: str, proc: subprocess.Popen[bytes], timeout: float = 300.0) -> None:
+def _wait(url: str, proc: subprocess.Popen[bytes], path: str = "/health", timeout: float = 300.0) -> None:
+    """Until `path` answers 200 (llama-cpp-python's server has no /health: /v1/models)."""
     end = time.monotonic() + timeout
     while time.monotonic() < end:
         if proc.poll() is not None:
             raise RuntimeError(f"the server exited with {proc.returncode}")
         try:
-            if httpx.get(url + "/health", timeout=2).status_code == 200:
+            if httpx.get(url + path, headers={"Authorization": f"Bearer {GOOD}"}, timeout=2).status_code == 200:
                 return
         except httpx.HTTPError:
             pass
@@ -223,25 +224,11 @@ def _start(target: str, model: Path, threads: int, streams: int, n_ctx: int, hos
                "--interrupt_requests", "False"]
     proc = subprocess.Popen(cmd, stdout=log, stderr=log, cwd=workdir)
     try:
-        (_wait_models if target == "llama-cpp-python" else _wait)(url, proc)
+        _wait(url, proc, "/v1/models" if target == "llama-cpp-python" else "/health")
     except BaseException:
         proc.kill()
         raise
     return proc, url
-
-
-def _wait_models(url: str, proc: subprocess.Popen[bytes], timeout: float = 300.0) -> None:
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        if proc.poll() is not None:
-            raise RuntimeError(f"the server exited with {proc.returncode}")
-        try:
-            if httpx.get(url + "/v1/models", headers={"Authorization": f"Bearer {GOOD}"}, timeout=2).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.3)
-    raise RuntimeError(f"{url} did not come up in {timeout} s")
 
 
 def available(target: str) -> str | None:
