@@ -27,8 +27,9 @@ def free_port() -> int:
 
 class LiveServer:
     def __init__(self, config: dict[str, Any], workdir: Path, *, jobs_db: Path | None = None,
-                 preload: bool = True) -> None:
+                 preload: bool = True, ray_replicas: int | None = None) -> None:
         self.preload = preload
+        self.ray_replicas = ray_replicas  # `serve --ray`: the jobs file is the config's
         self.workdir = workdir
         self.config_path = workdir / "server.json"
         self.config_path.write_text(json.dumps(config))
@@ -41,7 +42,11 @@ class LiveServer:
     def start(self, timeout: float = 180.0) -> LiveServer:
         cli = Path(sys.executable).with_name("wasillama")
         cmd = [str(cli) if cli.exists() else "wasillama", "serve", "--config", str(self.config_path),
-               "--port", str(self.port), "--jobs-db", str(self.jobs_db), *(["--preload"] if self.preload else [])]
+               "--port", str(self.port)]
+        if self.ray_replicas is not None:
+            cmd += ["--ray", "--replicas", str(self.ray_replicas)]
+        else:
+            cmd += ["--jobs-db", str(self.jobs_db), *(["--preload"] if self.preload else [])]
         with open(self.log, "ab") as log:
             self.proc = subprocess.Popen(cmd, stdout=log, stderr=log, cwd=self.workdir, env={**os.environ})
         end = time.monotonic() + timeout
@@ -65,7 +70,8 @@ class LiveServer:
 
     def stop(self) -> None:
         if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
+            # SIGINT: `serve --ray` shuts Serve and its local Ray cluster down on KeyboardInterrupt
+            self.proc.send_signal(signal.SIGINT if self.ray_replicas is not None else signal.SIGTERM)
             try:
                 self.proc.wait(30)
             except subprocess.TimeoutExpired:

@@ -62,9 +62,11 @@ async def _flood(url: str, n: int) -> list[httpx.Response]:
 
 def test_a_full_queue_answers_429_with_retry_after(server: LiveServer) -> None:
     _client(server).completions.create(model="a", prompt="Hi", max_tokens=1)  # loaded before the flood
-    answers = asyncio.run(_flood(server.url, 6))  # one runs, one waits, the rest find the queue full
+    # one sequence and a queue of one: one runs, at most one waits, the rest find the queue full
+    # (how many get in depends on when the pod takes the first from the queue)
+    answers = asyncio.run(_flood(server.url, 6))
     codes = sorted(r.status_code for r in answers)
-    assert codes.count(200) >= 2 and codes.count(429) >= 1 and set(codes) <= {200, 429}, codes
+    assert 1 <= codes.count(200) <= 2 and codes.count(429) >= 4 and set(codes) <= {200, 429}, codes
     busy = next(r for r in answers if r.status_code == 429)
     assert busy.json()["error"]["code"] == "server_busy"
     assert int(busy.headers["retry-after"]) >= 1
