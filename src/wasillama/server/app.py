@@ -139,7 +139,7 @@ class Server:
         self.created = int(time.time())
         self.preload = preload
         self.jobs: JobRunner | None = None
-        self._watched: set[str] = set()
+        self._watched: dict[str, Pool] = {}  # the pool each model's gauges read (a reload is a new one)
         self.app = Starlette(routes=self._routes(), lifespan=self._lifespan)
 
     # ---- lifecycle ---------------------------------------------------------------------------
@@ -216,8 +216,8 @@ class Server:
         iso = tenant.config.isolated
         pool = await self.registry.pool(model, tenant.name if iso else None,
                                         tenant.config.max_memory if iso else None)  # type: ignore[arg-type]
-        if pool.name not in self._watched:
-            self._watched.add(pool.name)
+        if self._watched.get(pool.name) is not pool:
+            self._watched[pool.name] = pool
             self.metrics.watch(pool.name, pool.queue.qsize, lambda: pool.running)
         return pool
 

@@ -360,6 +360,7 @@ class Registry:
         self._pools: dict[tuple[str, str | None], Pool] = {}
         self._loading: dict[tuple[str, str | None], asyncio.Lock] = {}
         self._lock = asyncio.Lock()
+        self._capped_loads = asyncio.Lock()
         self._bytes: dict[tuple[str, str | None], int] = {}
 
     @property
@@ -386,21 +387,24 @@ class Registry:
             pool = self._pools.get(key)
             if pool is not None:
                 return pool
-            need = estimated_bytes(cfg)
-            await self._make_room(need)
-            label = name if tenant is None else f"{name}@{tenant}"
-            pool = Pool(label, cfg, self.config, self.metrics, max_memory or cfg.max_memory)  # type: ignore[arg-type]
-            log.info("loading %s (%d pod(s) of %d sequences)", label, cfg.pods, cfg.parallel)
-            try:
-                await asyncio.to_thread(pool.start)
-            except WasillamaError as e:
-                err = from_library(e)
-                status = err.status if err.status == 507 else 500  # out of memory says so; the rest is ours
-                raise ApiError(status, f"the model {name!r} failed to load: {e}", type="server_error",
-                               code=err.code if status == 507 else "model_load_failed") from e
-            self._pools[key] = pool
-            self._bytes[key] = pool.model_bytes * cfg.pods + kv_cache_bytes(
-                pool.model.info, cfg.n_ctx * cfg.parallel) * cfg.pods
+            # under a memory cap one model loads at a time: two loads that each see room would
+            # together pass the cap
+            capped = self.config.max_loaded_memory is not None
+            async with self._capped_loads if capped else contextlib.nullcontext():
+                await self._make_room(estimated_bytes(cfg))
+                label = name if tenant is None else f"{name}@{tenant}"
+                pool = Pool(label, cfg, self.config, self.metrics, max_memory or cfg.max_memory)  # type: ignore[arg-type]
+                log.info("loading %s (%d pod(s) of %d sequences)", label, cfg.pods, cfg.parallel)
+                try:
+                    await asyncio.to_thread(pool.start)
+                except WasillamaError as e:
+                    err = from_library(e)
+                    status = err.status if err.status == 507 else 500  # out of memory says so; the rest is ours
+                    raise ApiError(status, f"the model {name!r} failed to load: {e}", type="server_error",
+                                   code=err.code if status == 507 else "model_load_failed") from e
+                self._pools[key] = pool
+                self._bytes[key] = pool.model_bytes * cfg.pods + kv_cache_bytes(
+                    pool.model.info, cfg.n_ctx * cfg.parallel) * cfg.pods
             return pool
 
     async def _make_room(self, need: int) -> None:
