@@ -37,7 +37,6 @@ from .chat import ChatPrompt, Message
 from .errors import (
     AbortedError,
     ClosedError,
-    ContextFullError,
     DeadlineExceededError,
     InvalidArgumentError,
     WasillamaError,
@@ -125,9 +124,7 @@ class ContinuousBatch:
             raise InvalidArgumentError(f"all {self._ctx.n_seq_max} sequences are busy: wait for a request to end")
         ctx = self._ctx
         job = ctx._job(-1, prompt, **options)
-        if len(job.tokens) >= ctx.n_ctx_seq:
-            raise ContextFullError(
-                f"the prompt has {len(job.tokens)} tokens but a sequence of this context holds {ctx.n_ctx_seq}")
+        ctx._check_room(job.tokens)
         try:
             ctx._make_sampler(job)
         except BaseException:
@@ -152,17 +149,8 @@ class ContinuousBatch:
     def _seat(self, tokens: list[int]) -> int:
         """The free sequence whose cache shares the longest prefix with `tokens` (a conversation
         goes back to its own), else the emptiest one (what others hold stays reusable)."""
-        cached = self._ctx._cached
-
-        def shared(seq: int) -> int:
-            n = 0
-            for a, b in zip(cached[seq], tokens, strict=False):
-                if a != b:
-                    break
-                n += 1
-            return n
-
-        seq = max(self._free, key=lambda s: (shared(s), -len(cached[s])))
+        ctx = self._ctx
+        seq = max(self._free, key=lambda s: (ctx._held_prefix(s, tokens), -len(ctx._cached[s])))
         self._free.remove(seq)
         return seq
 

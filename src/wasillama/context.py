@@ -545,28 +545,25 @@ class Context:
                 raise InvalidArgumentError(f"token id {bad} is not in the vocabulary (0 ... {n_vocab - 1})")
         if not tokens:
             raise InvalidArgumentError("the prompt is empty (no tokens)")
-        if isinstance(chosen.json_schema, str):  # converted inside the backend (the sandbox, on wasm)
-            chosen = dataclasses.replace(chosen, grammar=self._model.schema_grammar(chosen.json_schema),
-                                         json_schema=None)
         seed = int.from_bytes(os.urandom(4), "little") if chosen.seed is None else chosen.seed
-        steps = abi.sampler_chain(chosen, seed, self._model.eog_tokens if chosen.ignore_eos else (),
-                                  _chat.grammar if _chat else None)
+        chosen, steps = self._model._sampler_chain(chosen, seed, _chat)
         return _Job(seq, tokens, chosen, steps, max_tokens, stops, TextAssembler(stops),
                     top_logprobs if logprobs else None, _chat)
+
+    def _held_prefix(self, seq: int, tokens: Sequence[int]) -> int:
+        """How many leading tokens of `tokens` sequence `seq` of the cache already holds."""
+        n = 0
+        for a, b in zip(self._cached[seq], tokens, strict=False):
+            if a != b:
+                break
+            n += 1
+        return n
 
     def _prefix(self, seq: int, tokens: list[int]) -> int:
         """Make sequence `seq` hold the longest prefix of `tokens` that it, or another sequence,
         already holds (another's is copied, not evaluated). Returns its length."""
-        def common(cached: list[int]) -> int:
-            n = 0
-            for a, b in zip(cached, tokens, strict=False):
-                if a != b:
-                    break
-                n += 1
-            return n
-
-        own = common(self._cached[seq])
-        donor, best = max(((j, common(c)) for j, c in enumerate(self._cached) if j != seq),
+        own = self._held_prefix(seq, tokens)
+        donor, best = max(((j, self._held_prefix(j, tokens)) for j in range(len(self._cached)) if j != seq),
                           key=lambda jc: jc[1], default=(seq, 0))
         try:
             if best > own:
@@ -602,16 +599,20 @@ class Context:
             deadline.check("while evaluating the prompt")
         return reused
 
+    def _check_room(self, tokens: Sequence[int]) -> None:
+        """ContextFullError when a prompt of `tokens` cannot fit one sequence of this context."""
+        if len(tokens) >= self.n_ctx_seq:
+            raise ContextFullError(
+                f"the prompt has {len(tokens)} tokens but a sequence of this context holds {self.n_ctx_seq}; "
+                "shorten it or create the context with a larger n_ctx")
+
     def _ingest_plan(self, seq: int, tokens: list[int], *, with_last: bool,
                      chunk: int | None = None) -> tuple[int, list[list[int]]]:
         """The first half of _ingest: the reused prefix made ready, and the chunks (of `chunk`
         tokens, n_batch at most) still to evaluate."""
         if not tokens:
             raise InvalidArgumentError("the prompt is empty (no tokens)")
-        if len(tokens) >= self.n_ctx_seq:
-            raise ContextFullError(
-                f"the prompt has {len(tokens)} tokens but a sequence of this context holds {self.n_ctx_seq}; "
-                "shorten it or create the context with a larger n_ctx")
+        self._check_room(tokens)
         target = tokens if with_last else tokens[:-1]
         reused = self._prefix(seq, target[:-1] if with_last else target)
         rest = target[reused:]

@@ -348,14 +348,20 @@ class Model:
         InvalidArgumentError here; one that crashes llama.cpp's parser traps this model's
         sandbox, not the one the returned Sampling is later used in. A server screens requests
         in a vocabulary-only Model this way (LoadOptions.vocab_only) before they join a batch."""
-        chosen = sampling
-        if isinstance(chosen.json_schema, str):
-            chosen = dataclasses.replace(chosen, grammar=self.schema_grammar(chosen.json_schema), json_schema=None)
-        steps = abi.sampler_chain(chosen, 0 if chosen.seed is None else chosen.seed,
-                                  self.eog_tokens if chosen.ignore_eos else (), chat.grammar if chat else None)
+        chosen, steps = self._sampler_chain(sampling, 0 if sampling.seed is None else sampling.seed, chat)
         backend = self._backend
         backend.free_sampler(backend.new_sampler(self._require_handle(), steps))
         return chosen
+
+    def _sampler_chain(self, sampling: Sampling, seed: int,
+                       chat: ChatPrompt | None) -> tuple[Sampling, list[abi.SamplerStep]]:
+        """`sampling` with its json_schema converted to a grammar (inside the backend: the
+        sandbox, on wasm), and the sampler steps it makes with `seed` and `chat`'s grammar."""
+        if isinstance(sampling.json_schema, str):
+            sampling = dataclasses.replace(sampling, grammar=self.schema_grammar(sampling.json_schema),
+                                           json_schema=None)
+        return sampling, abi.sampler_chain(sampling, seed, self.eog_tokens if sampling.ignore_eos else (),
+                                           chat.grammar if chat else None)
 
     @cached_property
     def eog_tokens(self) -> tuple[int, ...]:

@@ -238,7 +238,7 @@ class Server:
         if pool.embeddings:
             raise bad_request(f"the model {plan.model!r} computes embeddings: use /v1/embeddings", param="model")
         stack = ExitStack()
-        stack.enter_context(tenant.slot(plan.max_tokens * len(plan.choices)))
+        stack.enter_context(tenant.slot(plan.planned_tokens))
         loop = asyncio.get_running_loop()
         events: asyncio.Queue[tuple[int, str, Any]] = asyncio.Queue()
         end = time.monotonic() + self._timeout(tenant)
@@ -446,10 +446,9 @@ class Server:
         spec = {k: v for k, v in body.items() if k != "id"}
         plan = self._plan(spec, tenant)  # refuse now what would fail later
         tenant.check_sizes(plan.model, None, plan.max_tokens)
-        tpm = tenant.config.tokens_per_minute
-        if tpm is not None and plan.max_tokens * len(plan.choices) > tpm:
-            raise bad_request(f"the job may use {plan.max_tokens * len(plan.choices)} tokens, more than this key's "
-                              f"{tpm} per minute: it could never run", param="max_tokens")
+        if tenant.never_fits(plan.planned_tokens):
+            raise bad_request(f"the job may use {plan.planned_tokens} tokens, more than this key's "
+                              f"{tenant.config.tokens_per_minute} per minute: it could never run", param="max_tokens")
         self.registry.model_config(plan.model)
         assert self.jobs is not None
         try:

@@ -29,7 +29,7 @@ from typing import Any, Literal
 
 from ..batching import BatchRequest, ContinuousBatch
 from ..context import Context
-from ..errors import AbortedError, BackendError, ContextFullError, WasillamaError
+from ..errors import AbortedError, BackendError, WasillamaError
 from ..model import Model, kv_cache_bytes
 from ..options import Sampling, SandboxOptions
 from .config import ModelConfig, ServerConfig
@@ -247,15 +247,15 @@ class Pod:
             w = self._next(block=True)
             if w is None:
                 continue
-            texts: list[Any] = w.args["input"]
             try:
-                counts = [len(t) if not isinstance(t, str) else len(ctx.tokenize(t)) for t in texts]
+                # tokenized once: for the usage and the tenant's limit, then embedded as tokens
+                # (embed_batch refuses an input longer than the context embeds)
+                inputs = [ctx.tokenize(t) if isinstance(t, str) else t for t in w.args["input"]]
+                counts = [len(t) for t in inputs]
                 if w.max_prompt_tokens is not None and max(counts, default=0) > w.max_prompt_tokens:
                     raise bad_request(f"an input has {max(counts)} tokens, more than this key's limit of "
                                       f"{w.max_prompt_tokens}", param="input", code="context_length_exceeded")
-                if max(counts, default=0) >= ctx.n_ctx_seq:
-                    raise ContextFullError(f"an input has {max(counts)} tokens; this model takes {ctx.n_ctx_seq - 1}")
-                vectors = ctx.embed_batch(texts, timeout=max(w.deadline - time.monotonic(), 1e-3))
+                vectors = ctx.embed_batch(inputs, timeout=max(w.deadline - time.monotonic(), 1e-3))
             except (WasillamaError, ApiError) as e:
                 w.post("error", e)
                 continue

@@ -53,6 +53,11 @@ class Plan:
     logprobs: int | None = None  # completions' top alternatives; chat's top_logprobs
     tools: bool = False
 
+    @property
+    def planned_tokens(self) -> int:
+        """The most completion tokens it may use, what a tenant's quota is checked against."""
+        return self.max_tokens * len(self.choices)
+
 
 def _field(body: Mapping[str, Any], key: str, kinds: type | tuple[type, ...], default: Any = None) -> Any:
     value = body.get(key, default)

@@ -57,7 +57,7 @@ class Tenant:
                 spent = self._spent_now(now)
                 if spent + planned_tokens > c.tokens_per_minute:
                     wait = WINDOW_S - (now - self._spent[0][0]) if self._spent else WINDOW_S
-                    if planned_tokens > c.tokens_per_minute:
+                    if self.never_fits(planned_tokens):
                         raise rate_limited(f"the request may use {planned_tokens} tokens, more than this key's "
                                            f"{c.tokens_per_minute} per minute", WINDOW_S, code="tokens")
                     raise rate_limited(f"this key used {spent} of its {c.tokens_per_minute} tokens per minute",
@@ -68,6 +68,11 @@ class Tenant:
         finally:
             with self._lock:
                 self._running -= 1
+
+    def never_fits(self, planned_tokens: int) -> bool:
+        """Whether a request planning this many tokens exceeds tokens_per_minute on its own."""
+        tpm = self.config.tokens_per_minute
+        return tpm is not None and planned_tokens > tpm
 
     def spend(self, tokens: int) -> None:
         """Count tokens a request used against tokens_per_minute."""
