@@ -367,9 +367,11 @@ def truncate_layers(src: str | Path, dst: str | Path, layers: int | Sequence[int
 
 
 def copy_gguf(src: str | Path, dst: str | Path, *, layers: int | Sequence[int] | None = None,
-              strings: Mapping[str, str] | None = None) -> Path:
+              strings: Mapping[str, str] | None = None, split_max_tensors: int = 0) -> Path:
     """A copy of a GGUF decoder: with only some of its blocks (see truncate_layers), and/or with
-    string fields set to `strings` (e.g. another tokenizer.chat_template)."""
+    string fields set to `strings` (e.g. another tokenizer.chat_template). split_max_tensors > 0
+    writes it split as llama.cpp's gguf-split does: `dst` is then the stem, the parts are named
+    <stem>-00001-of-0000N.gguf beside it, and the first part's path is returned."""
     g = _require_gguf()
     reader = g.GGUFReader(str(src))
     arch = reader.fields["general.architecture"].contents()
@@ -377,7 +379,8 @@ def copy_gguf(src: str | Path, dst: str | Path, *, layers: int | Sequence[int] |
     keep = list(range(n_blocks)) if layers is None else list(range(layers)) if isinstance(layers, int) else list(layers)
     index = {old: new for new, old in enumerate(keep)}
     strings = dict(strings or {})
-    writer = g.GGUFWriter(str(dst), arch)
+    Path(dst).parent.mkdir(parents=True, exist_ok=True)
+    writer = g.GGUFWriter(str(dst), arch, split_max_tensors=split_max_tensors)
     for name, field in reader.fields.items():
         if name.startswith("GGUF.") or name == "general.architecture" or name in strings:
             continue
@@ -399,6 +402,8 @@ def copy_gguf(src: str | Path, dst: str | Path, *, layers: int | Sequence[int] |
     writer.write_kv_data_to_file()
     writer.write_tensors_to_file()
     writer.close()
+    if split_max_tensors:
+        return sorted(Path(dst).parent.glob(Path(dst).stem + "-00001-of-*.gguf"))[0]
     return Path(dst)
 
 

@@ -25,6 +25,7 @@ import numpy as np
 import numpy.typing as npt
 
 from .errors import BackendUnavailableError, ModelNotFoundError
+from .gguf_file import Joined, join_splits, split_parts
 from .shim.abi import ContextInfo, ContextParams, ModelInfo, ModelParams, SamplerStep
 from .shim.transport import Capabilities
 
@@ -32,6 +33,7 @@ TokenArray = npt.NDArray[np.int32]
 Buffer = bytes | bytearray | memoryview | mmap.mmap
 
 ENTRY_POINT_GROUP = "wasillama.backends"
+HUB_SCHEME = "hf://"
 
 
 @dataclass(frozen=True)
@@ -47,31 +49,48 @@ class Generated:
 
 @dataclass(frozen=True)
 class ModelSource:
-    """Where the model bytes come from: a file path or an in-memory buffer."""
+    """Where the model bytes come from: a file path, an in-memory buffer, or the parts of a split
+    GGUF (`path` is its first part; the host serves them joined as one GGUF, see gguf_file)."""
 
     path: Path | None = None
     buffer: Buffer | None = None
+    joined: Joined | None = None
 
     @classmethod
-    def of(cls, source: str | os.PathLike[str] | Buffer) -> ModelSource:
+    def of(cls, source: str | os.PathLike[str] | Buffer, *, quiet: bool = True) -> ModelSource:
+        """A source for a path, bytes, or a Hugging Face hub reference ("hf://owner/repo[/file]",
+        fetched into the hub's cache unless it is there: wasillama.hub)."""
         if isinstance(source, (bytes, bytearray, memoryview, mmap.mmap)):
             return cls(buffer=source)
+        if isinstance(source, str) and source.startswith(HUB_SCHEME):
+            from .hub import fetch  # the hub client only when asked for: nothing at import time
+
+            source = fetch(source[len(HUB_SCHEME):], quiet=quiet)
         path = Path(source)
-        if not path.is_file():
-            raise ModelNotFoundError(f"model file not found: {path}")
-        if not os.access(path, os.R_OK):
-            raise ModelNotFoundError(f"model file not readable: {path}")
-        return cls(path=path)
+        parts = split_parts(path)
+        for p in parts or [path]:
+            if not p.is_file():
+                raise ModelNotFoundError(f"model file not found: {p}" + (f" (a part of {path})" if parts else ""))
+            if not os.access(p, os.R_OK):
+                raise ModelNotFoundError(f"model file not readable: {p}")
+        return cls(path=path, joined=join_splits(parts) if parts else None)
 
     @property
     def size(self) -> int:
         if self.buffer is not None:
             return memoryview(self.buffer).nbytes
+        if self.joined is not None:
+            return self.joined.size
         assert self.path is not None
         return self.path.stat().st_size
 
     def describe(self) -> str:
         return str(self.path) if self.path is not None else f"<{self.size} bytes in memory>"
+
+    @property
+    def name(self) -> str:
+        """A short name for messages and progress bars."""
+        return self.path.name if self.path is not None else "model bytes"
 
 
 @dataclass(frozen=True)

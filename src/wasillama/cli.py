@@ -16,31 +16,39 @@ from .backend import Backend, installed_plugins
 from .errors import WasillamaError
 from .model import Model
 from .options import MAX_TOKENS, ContextOptions, Sampling
+from .progress import wanted as show_progress
 
 
-def _load(model_path: str | None, backend: str, gpu_layers: int, trust_model: bool) -> Model:
+def _load(model_path: str | None, backend: str, gpu_layers: int, trust_model: bool, quiet: bool = False) -> Model:
     if model_path is None:
         from .default_model import default_model_path
 
-        model_path = str(default_model_path())
-    return Model.load(model_path, backend=backend, gpu_layers=gpu_layers, trust_model=trust_model)  # type: ignore[arg-type]
+        model_path = str(default_model_path(quiet=quiet))
+    return Model.load(model_path, backend=backend, gpu_layers=gpu_layers, trust_model=trust_model,  # type: ignore[arg-type]
+                      progress=show_progress(quiet))
 
 
 def model_options(f: Callable[..., Any]) -> Callable[..., Any]:
     """Options every command that loads a model shares."""
     opts = [
         click.option("-m", "--model", "model_path", type=click.Path(dir_okay=False),
-                     help="GGUF file (default: SmolLM2-135M-Instruct, fetched once into the cache)."),
+                     help="GGUF file, or hf://owner/repo[:QUANT] from the Hugging Face hub (default: "
+                          "SmolLM2-135M-Instruct, fetched once into the cache)."),
         click.option("--backend", type=click.Choice(["wasm", "native", "auto"]), default="wasm", show_default=True,
                      help="wasm is sandboxed; native (plugin) trusts the model file and can use a GPU."),
         click.option("--gpu-layers", "-ngl", type=int, default=0, show_default=True,
                      help="Layers to offload to the GPU (native backend; -1 = all)."),
         click.option("--trust-model", is_flag=True, help="Allow the unsandboxed native backend to read this file."),
         click.option("-v", "--verbose", is_flag=True, help="Show llama.cpp's log."),
+        quiet_option,
     ]
     for opt in reversed(opts):
         f = opt(f)
     return f
+
+
+quiet_option = click.option("-q", "--quiet", "--silent", "quiet", is_flag=True,
+                            help="No progress bars (they are drawn only on a terminal anyway).")
 
 
 # CLI flags for the Sampling fields (llama.cpp's names where it has one); defaults and types come
@@ -139,10 +147,10 @@ DEFAULT_SYSTEM = "You are a helpful assistant."
 @model_options
 @sampling_options
 def run(prompt: str, raw: bool, system: str | None, timings: bool, model_path: str | None, backend: str,
-        gpu_layers: int, trust_model: bool, verbose: bool, n_ctx: int, **sampling: Any) -> None:
+        gpu_layers: int, trust_model: bool, verbose: bool, quiet: bool, n_ctx: int, **sampling: Any) -> None:
     """Generate a reply to PROMPT (as a chat turn when the model has a chat template)."""
     _setup_logging(verbose)
-    with _load(model_path, backend, gpu_layers, trust_model) as model, model.new_context(n_ctx=n_ctx) as ctx:
+    with _load(model_path, backend, gpu_layers, trust_model, quiet) as model, model.new_context(n_ctx=n_ctx) as ctx:
         if raw or model.chat_template is None:
             stream = ctx.stream(prompt, **_sampling(sampling))
         else:
@@ -164,11 +172,11 @@ def run(prompt: str, raw: bool, system: str | None, timings: bool, model_path: s
 @model_options
 @sampling_options
 def chat(system: str | None, model_path: str | None, backend: str, gpu_layers: int, trust_model: bool,
-         verbose: bool, n_ctx: int, **sampling: Any) -> None:
+         verbose: bool, quiet: bool, n_ctx: int, **sampling: Any) -> None:
     """Interactive multi-turn chat (Ctrl-D or /exit to quit, /reset to start over)."""
     _setup_logging(verbose)
     options = _sampling(sampling)
-    with _load(model_path, backend, gpu_layers, trust_model) as model, model.new_context(n_ctx=n_ctx) as ctx:
+    with _load(model_path, backend, gpu_layers, trust_model, quiet) as model, model.new_context(n_ctx=n_ctx) as ctx:
         first = [{"role": "system", "content": system}] if system else []
         messages = list(first)
         interactive = sys.stdin.isatty()
@@ -214,7 +222,7 @@ def chat(system: str | None, model_path: str | None, backend: str, gpu_layers: i
 @click.pass_context
 def bench(ctx: click.Context, n_prompt: int, n_gen: int, repetitions: int, batch_size: int, threads: int,
           llama_bench: str | None, llama_bench_threads: int, side_by_side: bool, model_path: str | None, backend: str,
-          gpu_layers: int, trust_model: bool, verbose: bool) -> None:
+          gpu_layers: int, trust_model: bool, verbose: bool, quiet: bool) -> None:
     """Prompt processing (pp) and generation (tg) speed, as llama-bench measures them."""
     from .bench import run_bench, run_llama_bench
     from .default_model import default_model_path
@@ -224,8 +232,12 @@ def bench(ctx: click.Context, n_prompt: int, n_gen: int, repetitions: int, batch
     if ctx.args:
         raise click.UsageError(f"unexpected arguments {' '.join(ctx.args)} (they go with --side-by-side)")
     _setup_logging(verbose)
-    path = model_path or str(default_model_path())
-    with _load(path, backend, gpu_layers, trust_model) as model:
+    path = model_path or str(default_model_path(quiet=quiet))
+    if path.startswith("hf://"):  # llama-bench takes a local path
+        from .hub import fetch
+
+        path = str(fetch(path[len("hf://"):], quiet=quiet))
+    with _load(path, backend, gpu_layers, trust_model, quiet) as model:
         ours = run_bench(model, n_prompt=n_prompt, n_gen=n_gen, repetitions=repetitions, n_batch=batch_size,
                          n_threads=threads)
         desc = f"{model.description} ({model.size_bytes / 2**20:.0f} MiB)"
@@ -262,6 +274,76 @@ def _side_by_side(ctx: click.Context) -> None:
         if ctx.get_parameter_source(name) is click.core.ParameterSource.COMMANDLINE:
             args += [flag, str(ctx.params[name])]
     sys.exit(subprocess.call([sys.executable, str(script), *args, *ctx.args]))
+
+
+@main.command()
+@click.argument("reference")
+@quiet_option
+def pull(reference: str, quiet: bool) -> None:
+    """Fetch a GGUF from the Hugging Face hub into its cache: REFERENCE is owner/repo (the
+    preferred quant, Q4_K_M first), owner/repo:QUANT or owner/repo:FILE.gguf (hf:// optional).
+    Prints the local path."""
+    from .hub import fetch
+
+    path = fetch(reference.removeprefix("hf://"), refresh=True, quiet=not show_progress(quiet))
+    click.echo(str(path))
+
+
+def _size(n: int) -> str:
+    return f"{n / 2**30:.2f} GiB" if n >= 2**30 else f"{n / 2**20:.1f} MiB"
+
+
+@main.command(name="models")
+@click.option("--json", "as_json", is_flag=True, help="One JSON object per model.")
+def list_models(as_json: bool) -> None:
+    """Models in the caches: the hub's (from `pull` or hf://) and the default model."""
+    import json
+
+    from .default_model import cached_default_model
+    from .gguf_file import read_header
+    from .hub import cached_models, describe_cached
+
+    rows = [describe_cached(m) for m in cached_models()]
+    default = cached_default_model()
+    if default is not None:
+        header = read_header(default)
+        rows.insert(0, {"model": "default", "repo": None, "file": default.name, "revision": None,
+                        "path": str(default), "size": default.stat().st_size, "parts": 1,
+                        "architecture": header.architecture, "quant": header.quant})
+    if as_json:
+        for row in rows:
+            click.echo(json.dumps(row))
+        return
+    if not rows:
+        click.echo("no cached models (wasillama pull owner/repo fetches one)")
+        return
+    width = max(len(r["model"]) for r in rows)
+    click.echo(f"{'MODEL':<{width}}  {'SIZE':>10}  {'ARCH':<10}  QUANT")
+    for r in rows:
+        parts = f" ({r['parts']} parts)" if r["parts"] > 1 else ""
+        click.echo(f"{r['model']:<{width}}  {_size(r['size']):>10}  {r['architecture'] or '?':<10}  "
+                   f"{r['quant'] or '?'}{parts}")
+
+
+@main.command(name="rm")
+@click.argument("reference")
+def remove_model(reference: str) -> None:
+    """Remove cached models: owner/repo (all of it), owner/repo:QUANT or owner/repo:FILE.gguf,
+    or `default` (the default model; fetched again when next needed)."""
+    if reference == "default":
+        from .default_model import cached_default_model
+
+        path = cached_default_model()
+        if path is None:
+            raise click.ClickException("the default model is not cached")
+        path.unlink()
+        path.with_suffix(".verified").unlink(missing_ok=True)
+        click.echo(f"removed {path}")
+        return
+    from .hub import remove
+
+    for path in remove(reference.removeprefix("hf://")):
+        click.echo(f"removed {path}")
 
 
 @main.command()

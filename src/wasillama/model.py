@@ -32,6 +32,8 @@ from .errors import (
 )
 from .lora import Lora
 from .options import ChatOptions, ContextOptions, LoadOptions, Sampling, SandboxOptions, names, resolve
+from .progress import compile_wasm_module, load_bar
+from .progress import wanted as show_progress
 from .sandbox import Sandbox
 from .shim import abi
 from .shim.abi import ContextParams, ModelInfo, ModelParams
@@ -86,9 +88,14 @@ class Model:
     @classmethod
     def load(cls, source: str | os.PathLike[str] | Buffer, *, backend: BackendName = "wasm",
              trust_model: bool = False, options: LoadOptions | None = None,
-             sandbox: SandboxOptions | None = None, progress: Callable[[float], bool | None] | None = None,
+             sandbox: SandboxOptions | None = None,
+             progress: Callable[[float], bool | None] | bool | None = None,
              timeout: float | None = None, **load_options: Any) -> Model:
-        """Load a GGUF model from a path or from bytes.
+        """Load a GGUF model from a path, from bytes, or from the Hugging Face hub.
+
+        source: a path, bytes, or "hf://owner/repo[:QUANT]" / "hf://owner/repo/file.gguf"
+        (fetched into the hub's cache unless it is there: wasillama.hub). A split GGUF is named
+        by its first part (…-00001-of-0000N.gguf); the others are found beside it.
 
         options: a LoadOptions (its defaults when omitted); keyword arguments named like its
         fields (gpu_layers, main_gpu, tensor_split, mmap, mlock, vocab_only, check_tensors)
@@ -97,7 +104,8 @@ class Model:
         arguments named like its fields override it too.
         progress: called with the fraction of the file read so far (0.0 ... 1.0, every 1% at
         most; a file the native backend maps reports 0.0 and 1.0 only); returning False stops
-        the load with ModelLoadError.
+        the load with ModelLoadError. True draws progress bars on stderr instead (download,
+        first compile of the wasm module, load) when it is a terminal.
         timeout: seconds, then DeadlineExceededError (a load the host serves stops at its next
         read; the wasm sandbox stops the guest by force soon after).
 
@@ -112,11 +120,24 @@ class Model:
                       "Model.load")
         opts = resolve(LoadOptions, options, {k: v for k, v in load_options.items() if k not in sandbox_fields},
                        "Model.load")
-        src = ModelSource.of(source)
+        bars = progress is True and show_progress()
+        src = ModelSource.of(source, quiet=not bars)
         if src.size == 0:
             raise ModelLoadError(f"{src.describe()} is empty (0 bytes): not a GGUF model file")
         name = _choose_backend(backend, src, opts.gpu_layers)
         log.info("loading %s with the %s backend", src.describe(), name)
+        with contextlib.ExitStack() as bar:
+            if isinstance(progress, bool):
+                progress = None
+                if bars:
+                    if name == "wasm":
+                        compile_wasm_module()
+                    progress = bar.enter_context(load_bar(f"loading {src.name}", src.size))
+            return cls._load(src, name, opts, box, trust_model, progress, timeout)
+
+    @classmethod
+    def _load(cls, src: ModelSource, name: str, opts: LoadOptions, box: SandboxOptions, trust_model: bool,
+              progress: Callable[[float], bool | None] | None, timeout: float | None) -> Model:
         params = ModelParams.of(opts)
         plugin = load_plugin(name)
         if not plugin.capabilities.sandboxed and not trust_model:

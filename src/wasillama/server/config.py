@@ -157,12 +157,23 @@ def load_config(path: str | os.PathLike[str] | None = None, *, models: Sequence[
     per_model = {k: v for k, v in overrides.items() if k in model_fields and v is not None}
     server = {k: v for k, v in overrides.items() if k not in model_fields and v is not None}
     configs = [_build(ModelConfig, m, "a model in the config") for m in data.pop("models", [])]
-    configs += [ModelConfig(name=model_name(p), path=p, **per_model) for p in models]
+    configs = [replace(c, path=_local_path(c.path)) for c in configs]
+    configs += [ModelConfig(name=model_name(p), path=p, **per_model) for p in map(_local_path, models)]
     tenants = [_build(TenantConfig, t, "a tenant in the config") for t in data.pop("tenants", [])]
     if api_keys is not None:
         tenants = _merge_keys(tenants, Path(api_keys))
     config: ServerConfig = _build(ServerConfig, {**data, **server, "models": configs, "tenants": tenants}, "the config")
     return config
+
+
+def _local_path(path: str) -> str:
+    """A model's file: an hf:// reference is fetched (or found in the hub's cache) at start-up,
+    so that every pod and every reload reads the same local file."""
+    if not path.startswith("hf://"):
+        return path
+    from ..hub import fetch
+
+    return str(fetch(path[len("hf://"):]))
 
 
 def _merge_keys(tenants: list[TenantConfig], path: Path) -> list[TenantConfig]:

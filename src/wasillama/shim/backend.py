@@ -38,7 +38,7 @@ from ..errors import (
 )
 from . import abi
 from .abi import ContextInfo, ContextParams, ModelInfo, ModelParams, SamplerStep
-from .hostio import Progress
+from .hostio import Progress, Segments
 from .transport import Transport
 
 T = TypeVar("T")
@@ -222,21 +222,30 @@ class ShimBackend:
         """The source's bytes, served to wl_host_read under the id yielded, while the block runs
         (with `progress` told how far the reads got). A file is read with pread, not mapped: a
         file that shrinks under a mapping raises SIGBUS, which would kill the host process."""
-        f = open(source.path, "rb") if source.path is not None else None  # noqa: SIM115
-        sid = self._t.sources.add(f.fileno() if f is not None else source.buffer)  # type: ignore[arg-type]
+        with ExitStack() as files:
+            if source.joined is not None:
+                fds = [files.enter_context(open(p, "rb")).fileno() for p in source.joined.parts]
+                sid = self._t.sources.add(Segments(source.joined.segments, fds))
+            elif source.path is not None:
+                sid = self._t.sources.add(files.enter_context(open(source.path, "rb")).fileno())
+            else:
+                sid = self._t.sources.add(source.buffer)  # type: ignore[arg-type]
+            with self._serving(source, sid, progress):
+                yield sid
+
+    @contextmanager
+    def _serving(self, source: ModelSource, sid: int, progress: Progress | None) -> Iterator[None]:
         if progress is not None:
             self._t.sources.watch(sid, source.size, progress)
         try:
             try:
-                yield sid
+                yield
             except WasillamaError as e:
                 if self._t.sources.cancelled(sid):
                     raise ModelLoadError(f"loading {source.describe()} was cancelled by the progress callback") from e
                 raise
         finally:
             self._t.sources.remove(sid)
-            if f is not None:
-                f.close()
 
     def _check_load(self, source: ModelSource, name: str, *args: int) -> int:
         try:

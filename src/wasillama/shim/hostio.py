@@ -15,7 +15,7 @@ import logging
 import mmap
 import os
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
@@ -55,13 +55,48 @@ class _Watch:
         return not self.cancelled
 
 
+class Segments:
+    """One GGUF the host joins from the parts of a split model (gguf_file.Joined): header bytes
+    it made and ranges of the parts' open files, read as if they were one file."""
+
+    def __init__(self, pieces: Sequence[bytes | tuple[int, int, int]], fds: Sequence[int]) -> None:
+        self.fds = list(fds)
+        self.pieces: list[tuple[int, bytes | tuple[int, int, int]]] = []  # (start in the joined file, piece)
+        at = 0
+        for piece in pieces:
+            self.pieces.append((at, piece))
+            at += len(piece) if isinstance(piece, bytes) else piece[2]
+        self.size = at
+
+    def read_into(self, offset: int, dst: memoryview) -> int:
+        done = 0
+        for start, piece in self.pieces:
+            length = len(piece) if isinstance(piece, bytes) else piece[2]
+            pos = offset + done
+            if done == len(dst) or start > pos:
+                break
+            if pos >= start + length:
+                continue
+            k = min(len(dst) - done, start + length - pos)
+            if isinstance(piece, bytes):
+                dst[done: done + k] = piece[pos - start: pos - start + k]
+                got = k
+            else:
+                part, at, _ = piece
+                got = os.preadv(self.fds[part], [dst[done: done + k]], at + pos - start)
+            done += got
+            if got < k:  # a part shrank under us: a short read, as from a file
+                break
+        return done
+
+
 class Sources:
     """Byte sources by id, for ``host_read``. Thread-safe."""
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._next = 1
-        self._live: dict[int, npt.NDArray[np.uint8] | int] = {}  # a buffer, or a file descriptor
+        self._live: dict[int, npt.NDArray[np.uint8] | int | Segments] = {}  # a buffer, a file descriptor, parts
         self._watches: dict[int, _Watch] = {}
 
     def watch(self, sid: int, size: int, callback: Progress) -> None:
@@ -75,10 +110,11 @@ class Sources:
         w = self._watches.get(sid)
         return w is not None and w.cancelled
 
-    def add(self, source: int | bytes | bytearray | memoryview | mmap.mmap) -> int:
-        """Registers a file descriptor (read with pread) or a buffer (kept alive until `remove`)."""
-        data: npt.NDArray[np.uint8] | int
-        if isinstance(source, int):
+    def add(self, source: int | bytes | bytearray | memoryview | mmap.mmap | Segments) -> int:
+        """Registers a file descriptor (read with pread), a buffer (kept alive until `remove`) or
+        the Segments of a joined split model."""
+        data: npt.NDArray[np.uint8] | int | Segments
+        if isinstance(source, (int, Segments)):
             data = source
         else:
             view = memoryview(source)
@@ -107,9 +143,10 @@ class Sources:
             return -1
         if n == 0:
             return 0
-        if isinstance(data, int):
+        if isinstance(data, (int, Segments)):
+            view = memoryview((ctypes.c_ubyte * n).from_address(dst)).cast("B")
             try:
-                k = os.preadv(data, [memoryview((ctypes.c_ubyte * n).from_address(dst)).cast("B")], offset)
+                k = os.preadv(data, [view], offset) if isinstance(data, int) else data.read_into(offset, view)
             except OSError:
                 return -1
         else:

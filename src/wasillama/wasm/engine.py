@@ -146,6 +146,17 @@ def _store_cached(module: wasmtime.Module, path: Path) -> None:
         log.warning("could not write the compiled-module cache %s: %s", path, e)
 
 
+def is_compiled() -> bool:
+    """Whether compiled_module() will be quick: done in this process, or in the disk cache."""
+    if _compiled is not None:
+        return True
+    try:
+        sha = hashlib.sha256(wasm_module_path().read_bytes()).hexdigest()
+    except OSError:
+        return False
+    return module_cache_path(sha).is_file()
+
+
 def compiled_module() -> CompiledModule:
     """The process-wide Engine and Module, compiled once (or loaded from the disk cache)."""
     global _compiled
