@@ -4,6 +4,7 @@ look alike. Shown only when asked and stderr is a terminal."""
 
 from __future__ import annotations
 
+import shutil
 import sys
 import threading
 from collections.abc import Callable, Iterator
@@ -19,10 +20,16 @@ def wanted(quiet: bool = False) -> bool:
     return not quiet and sys.stderr.isatty()
 
 
+def _size() -> dict[str, int]:
+    # a terminal that reports no size (a fresh pty) would make tqdm draw nothing at all
+    size = shutil.get_terminal_size()
+    return {"ncols": size.columns or 80, "nrows": size.lines or 24}
+
+
 @contextmanager
 def timer(desc: str) -> Iterator[None]:
     """A bar without a total (the step cannot say how far it is), ticking its elapsed time."""
-    bar = tqdm(desc=desc, bar_format="{desc}: {elapsed}", file=sys.stderr, leave=False)
+    bar = tqdm(desc=desc, bar_format="{desc}: {elapsed}", file=sys.stderr, leave=False, **_size())
     done = threading.Event()
 
     def tick() -> None:
@@ -43,7 +50,7 @@ def timer(desc: str) -> Iterator[None]:
 def load_bar(desc: str, size: int) -> Iterator[Callable[[float], None]]:
     """A bar over `size` bytes, moved by the fraction-of-the-file callback Model.load takes."""
     bar = tqdm(desc=desc, total=size, unit="B", unit_scale=True, unit_divisor=1024, file=sys.stderr, leave=False,
-               bar_format=BAR_FORMAT)
+               bar_format=BAR_FORMAT, **_size())
 
     def update(fraction: float) -> None:
         bar.update(int(fraction * size) - bar.n)
