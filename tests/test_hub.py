@@ -193,3 +193,12 @@ def test_cli_pull_models_rm(hub: LocalHub, files: dict[str, Path]) -> None:
     assert not [r for r in map(json.loads, cli.invoke(main, ["models", "--json"]).output.splitlines()) if r["repo"]]
     gone = cli.invoke(main, ["rm", "test/split"])
     assert gone.exit_code == 1 and "not in the hub cache" in gone.output
+
+
+def test_serve_fetches_hub_models_at_start(hub: LocalHub, files: dict[str, Path]) -> None:
+    from wasillama.server import load_config
+
+    config = load_config(models=["hf://test/tiny:Q8_0"])
+    (model,) = config.models
+    assert model.name == "tiny-Q8_0"  # served under its file's name
+    assert Path(model.path).read_bytes() == files["q8"].read_bytes()
