@@ -35,3 +35,20 @@ def test_backends_are_found_by_name_alike() -> None:
         print(sorted(installed_plugins()))
     """)
     assert "'wasm'" in out
+
+
+def test_no_network_and_no_hub_client_unless_a_hub_model_is_asked_for(synthetic_model: Path) -> None:
+    out = _run(f"""
+        import socket, sys
+
+        def refuse(*args, **kwargs):
+            raise AssertionError("a network connection was attempted")
+
+        socket.socket.connect = socket.socket.connect_ex = refuse  # any connection fails the test
+        socket.create_connection = refuse
+        import wasillama, wasillama.cli, wasillama.server
+        with wasillama.Model.load({str(synthetic_model)!r}, progress=True) as m, m.new_context(n_ctx=64) as c:
+            c.generate("Hi", max_tokens=2)
+        print(sorted(m for m in ("huggingface_hub", "tqdm", "httpx", "requests") if m in sys.modules))
+    """)
+    assert out == "[]"

@@ -10,8 +10,6 @@ import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
-from tqdm.auto import tqdm
-
 BAR_FORMAT = "{desc}: {percentage:3.0f}%|{bar}| {n_fmt}/{total_fmt} [{elapsed}<{remaining}, {rate_fmt}]"
 
 
@@ -29,6 +27,8 @@ def _size() -> dict[str, int]:
 @contextmanager
 def timer(desc: str) -> Iterator[None]:
     """A bar without a total (the step cannot say how far it is), ticking its elapsed time."""
+    from tqdm.auto import tqdm  # only when a bar is drawn: importing wasillama stays light
+
     bar = tqdm(desc=desc, bar_format="{desc}: {elapsed}", file=sys.stderr, leave=False, **_size())
     done = threading.Event()
 
@@ -49,6 +49,8 @@ def timer(desc: str) -> Iterator[None]:
 @contextmanager
 def load_bar(desc: str, size: int) -> Iterator[Callable[[float], None]]:
     """A bar over `size` bytes, moved by the fraction-of-the-file callback Model.load takes."""
+    from tqdm.auto import tqdm
+
     bar = tqdm(desc=desc, total=size, unit="B", unit_scale=True, unit_divisor=1024, file=sys.stderr, leave=False,
                bar_format=BAR_FORMAT, **_size())
 
