@@ -103,6 +103,16 @@ def test_a_cache_past_the_cap_is_refused_up_front(synthetic_model: Path) -> None
             assert ctx.generate(PROMPT, max_tokens=2, temperature=0).completion_tokens == 2
 
 
+def test_a_cache_past_4_gib_is_refused_up_front_without_a_cap(smollm2_path: Path) -> None:
+    """Without max_memory the limit is the 4 GiB wasm32 can address: a 200k-token cache (4.6 GB
+    of f16 KV) is refused before llama.cpp sizes a buffer it cannot address (that trapped)."""
+    with wasillama.Model.load(smollm2_path) as m:
+        with pytest.raises(OutOfMemoryError, match=r"more than the 4 GiB the wasm32 sandbox can address"):
+            m.new_context(n_ctx=200_000)
+        with m.new_context(n_ctx=256) as ctx:
+            assert ctx.generate(PROMPT, max_tokens=2, temperature=0).completion_tokens == 2
+
+
 def test_an_allocation_past_the_cap_fails_alone(synthetic_model: Path, reference: list[int]) -> None:
     """The compute buffers of a big batch cannot be known up front: the guest's allocation fails
     at the cap, the call raises OutOfMemoryError naming the numbers, and another Model generating

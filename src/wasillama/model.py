@@ -235,17 +235,23 @@ class Model:
 
     def _check_cache_fits(self, params: ContextParams) -> None:
         """OutOfMemoryError before the allocation when the KV cache alone (f16, full attention:
-        what can be known up front) and the weights exceed the sandbox's memory cap."""
+        what can be known up front) and the weights exceed the sandbox's memory cap, or what the
+        wasm32 guest can address at all (llama.cpp would trap on a buffer past 4 GiB, not fail)."""
         cap = self._sandbox.options.memory_cap
+        space = self._sandbox.plugin.capabilities.address_space
+        limit = min(x for x in (cap, space) if x is not None) if cap is not None or space is not None else None
         i = self.info
-        if cap is None or i.n_swa or params.type_k not in (-1, 1) or params.type_v not in (-1, 1) or not i.n_head:
+        if limit is None or i.n_swa or params.type_k not in (-1, 1) or params.type_v not in (-1, 1) or not i.n_head:
             return
         n_ctx = params.n_ctx or i.n_ctx_train
         kv = kv_cache_bytes(i, n_ctx)
-        if kv + i.size_bytes > cap:
+        if kv + i.size_bytes > limit:
+            what = (f"the sandbox's memory cap of {limit / 2**20:.1f} MiB (max_memory)" if limit == cap else
+                    f"the {limit / 2**30:.0f} GiB the wasm32 sandbox can address (the native backend has no such "
+                    "limit)")
             raise OutOfMemoryError(
                 f"a {n_ctx}-token cache needs {kv / 2**20:.1f} MiB beside {i.size_bytes / 2**20:.1f} MiB of weights, "
-                f"more than the sandbox's memory cap of {cap / 2**20:.1f} MiB (max_memory): ask for a smaller n_ctx")
+                f"more than {what}: ask for a smaller n_ctx")
 
     def _forget(self, ctx: Context) -> None:
         self._contexts.discard(ctx)

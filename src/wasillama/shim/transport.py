@@ -26,6 +26,7 @@ class Capabilities:
     path_loads: bool             # wl_model_load_path (llama.cpp opens the file itself, may mmap it)
     max_model_bytes: int | None  # the largest model file that can fit, or None
     memory_cap: bool = False     # create(memory_cap=) caps what the shim can allocate (a sandbox's memory)
+    address_space: int | None = None  # the most memory the shim can address at all (4 GiB in wasm32)
 
 
 class Transport(Protocol):

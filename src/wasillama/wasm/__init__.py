@@ -18,7 +18,8 @@ if TYPE_CHECKING:
 WASM32_MODEL_LIMIT = 3_500_000_000
 
 CAPABILITIES = Capabilities(sandboxed=True, threads=True, gpu=False, mlock=False, flash_attn=False,
-                            path_loads=False, max_model_bytes=WASM32_MODEL_LIMIT, memory_cap=True)
+                            path_loads=False, max_model_bytes=WASM32_MODEL_LIMIT, memory_cap=True,
+                            address_space=2**32)
 
 
 class _Plugin:
