@@ -26,6 +26,9 @@ SPLIT_NAME = re.compile(r"^(?P<prefix>.+)-(?P<no>\d{5})-of-(?P<count>\d{5})\.ggu
 _SCALARS = {0: "B", 1: "b", 2: "H", 3: "h", 4: "I", 5: "i", 6: "f", 7: "?", 10: "Q", 11: "q", 12: "d"}
 _STRING, _ARRAY = 8, 9
 _MAX_DIMS = 4  # GGML_MAX_DIMS
+# Bounds on what a header may list, far above any real model (vocabularies have ~260k tokens,
+# merges ~500k, models ~10k tensors) and low enough that a hostile header costs seconds at most.
+MAX_ITEMS = 1 << 22
 
 # llama_ftype -> the quant name people use (llama.cpp's llama_model_ftype_name, abridged)
 FILE_TYPES = {
@@ -84,6 +87,8 @@ class _Reader:
         n = int(self.unpack("Q"))
         if n * each > self.size - self.pos:
             raise ModelLoadError(f"GGUF header claims {n} {what}, more than the file can hold")
+        if each > 1 and n > MAX_ITEMS:
+            raise ModelLoadError(f"GGUF header claims {n} {what}, more than {MAX_ITEMS} (not a real model)")
         return n
 
     def string(self) -> str:
@@ -126,7 +131,7 @@ def read_header(path: str | Path) -> Header:
         version = int(r.unpack("I"))
         if version not in (2, 3):
             raise ModelLoadError(f"{path}: GGUF version {version} is not supported")
-        n_tensors = r.count("tensors", 8 + 4 + 8 + 4 + 8)
+        n_tensors = r.count("tensors", 8 + 4 + 4 + 8)  # name length, n_dims, type, offset
         n_kv = r.count("key-value pairs", 8 + 4)
         values: dict[str, object] = {}
         kv_spans = []

@@ -269,7 +269,7 @@ def _download(ref: HubRef, *, quiet: bool) -> Path:
         info = hf.HfApi(endpoint=endpoint()).model_info(ref.repo, revision=ref.revision, files_metadata=True)
     except HfHubHTTPError as e:
         status = getattr(e.response, "status_code", None)
-        if status in (401, 404):
+        if status in (401, 403, 404):
             raise HubError(f"the hub has no model {ref.repo}" + (f" at {ref.revision}" if ref.revision else "")
                            + f" you can read ({status})") from e
         raise HubError(f"the hub refused {ref}: {e}") from e
@@ -288,9 +288,12 @@ def _download(ref: HubRef, *, quiet: bool) -> Path:
         sha = lfs.sha256 if lfs is not None else siblings[f].blob_id
         path = None
         for attempt in range(2):
-            path = Path(hf.hf_hub_download(ref.repo, f, revision=ref.revision, cache_dir=cache,
-                                           endpoint=endpoint(), force_download=attempt > 0,
-                                           tqdm_class=tqdm_class))
+            try:
+                path = Path(hf.hf_hub_download(ref.repo, f, revision=ref.revision, cache_dir=cache,
+                                               endpoint=endpoint(), force_download=attempt > 0,
+                                               tqdm_class=tqdm_class))
+            except Exception as e:  # the network or the disk: a clear error, not the client's own
+                raise HubError(f"downloading {f} of {ref.repo} failed: {e}") from e
             if sha is None or _digest_ok(path, sha):
                 break
             log.warning("%s does not match the hub's sha256: fetching it again", f)
@@ -360,7 +363,8 @@ def remove(reference: str) -> list[Path]:
         raise ModelNotFoundError(f"the hub cache has no {ref}")
     still = {p.resolve() for p in (d / "snapshots").rglob("*") if p.is_symlink()}
     for blob in blobs - still:
-        blob.unlink(missing_ok=True)
+        if blob.parent == (d / "blobs").resolve():  # never a file a tampered link points at elsewhere
+            blob.unlink(missing_ok=True)
     return removed
 
 
