@@ -11,6 +11,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 
 import wasillama
@@ -28,6 +29,17 @@ def native_available() -> bool:
 def load_model(source: Any, backend_name: str = "wasm", **kwargs: Any) -> wasillama.Model:
     """Model.load on the given backend (trust_model=True: the test files are ours)."""
     return wasillama.Model.load(source, backend=backend_name, trust_model=True, **kwargs)  # type: ignore[arg-type]
+
+
+def greedy_and_logits(source: Any, backend_name: str, prompt: str, *, max_tokens: int,
+                      n_ctx: int = 128) -> tuple[str, np.ndarray]:
+    """What a model gives for `prompt`: its greedy continuation, and the logits after the
+    prompt alone (to hold two ways of loading one model to each other)."""
+    with load_model(source, backend_name) as model, model.new_context(n_ctx=n_ctx) as ctx:
+        text = ctx.generate(prompt, max_tokens=max_tokens, temperature=0).text
+        ctx.clear()
+        ctx.eval(model.tokenize(prompt))
+        return text, ctx.logits()
 
 
 def native_case_in_child(model: Path, case: dict[str, Any], *, variant: str | None = None,

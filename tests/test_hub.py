@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from helpers import load_model
+from helpers import greedy_and_logits, load_model
 from local_hub import LocalHub, write_cache
 from synthetic import copy_gguf
 from wasillama import ModelNotFoundError
@@ -57,11 +57,7 @@ def hub(files: dict[str, Path], hub_env: Path, monkeypatch: pytest.MonkeyPatch) 
 
 
 def greedy(source: object, backend_name: str) -> tuple[str, np.ndarray]:
-    with load_model(source, backend_name) as model, model.new_context(n_ctx=128) as ctx:
-        text = ctx.generate(PROMPT, max_tokens=8, temperature=0).text
-        ctx.clear()
-        ctx.eval(model.tokenize(PROMPT))
-        return text, ctx.logits()
+    return greedy_and_logits(source, backend_name, PROMPT, max_tokens=8)
 
 
 # ---- references and the choice of a file ---------------------------------------------------------

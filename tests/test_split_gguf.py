@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from helpers import load_model
+from helpers import greedy_and_logits, load_model
 from synthetic import copy_gguf, with_scalar
 from wasillama import ModelLoadError, ModelNotFoundError
 from wasillama.gguf_file import join_splits, read_header, split_parts
@@ -35,11 +35,7 @@ def split(whole: Path, tmp_path: Path) -> list[Path]:
 
 
 def logits(source: Path, backend_name: str) -> tuple[str, np.ndarray]:
-    with load_model(source, backend_name) as model, model.new_context(n_ctx=64) as ctx:
-        text = ctx.generate(PROMPT, max_tokens=6, temperature=0).text
-        ctx.clear()
-        ctx.eval(model.tokenize(PROMPT))
-        return text, ctx.logits()
+    return greedy_and_logits(source, backend_name, PROMPT, max_tokens=6, n_ctx=64)
 
 
 def test_a_split_loads_as_the_whole_file(whole: Path, split: list[Path], backend_name: str) -> None:

@@ -239,7 +239,7 @@ class Model:
         wasm32 guest can address at all (llama.cpp would trap on a buffer past 4 GiB, not fail)."""
         cap = self._sandbox.options.memory_cap
         space = self._sandbox.plugin.capabilities.address_space
-        limit = min(x for x in (cap, space) if x is not None) if cap is not None or space is not None else None
+        limit = min((x for x in (cap, space) if x is not None), default=None)
         i = self.info
         if limit is None or i.n_swa or params.type_k not in (-1, 1) or params.type_v not in (-1, 1) or not i.n_head:
             return
