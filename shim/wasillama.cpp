@@ -64,7 +64,7 @@ constexpr size_t WL_MODEL_INFO_SIZE_2_1     = 152;
 constexpr size_t WL_CONTEXT_PARAMS_SIZE_2_1 = 56;
 static_assert(sizeof(wl_model_params) == WL_MODEL_PARAMS_SIZE_2_1, "wl_model_params layout is part of the ABI");
 static_assert(sizeof(wl_model_info) == WL_MODEL_INFO_SIZE_2_1, "wl_model_info layout is part of the ABI");
-static_assert(sizeof(wl_context_params) == WL_CONTEXT_PARAMS_SIZE_2_1, "wl_context_params layout is part of the ABI");
+static_assert(sizeof(wl_context_params) == WL_CONTEXT_PARAMS_SIZE_2_1 + 4, "wl_context_params layout is part of the ABI");
 
 namespace {
 
@@ -108,6 +108,7 @@ struct Context {
     std::vector<int32_t> output_pos;  // batch positions of the last decode's outputs, in order
     bool kv_unified = false;
     bool embeddings = false;
+    bool x86_numerics = false;  // WL_NUMERICS_X86 (wasm: set around each of its decodes)
     // After the cache changed or a decode started, the old outputs can no longer be read.
     void forget_outputs() {
         n_outputs = 0;
@@ -548,6 +549,10 @@ llama_pos next_pos(llama_context * ctx, llama_seq_id seq) {
 
 int32_t decode_checked(Context & c, llama_batch & batch) {
     c.forget_outputs();
+#if defined(__wasm__)
+    // one switch for the whole module, so set for each decode: contexts of one model may differ
+    ggml_cpu_set_x86_numerics(c.x86_numerics);
+#endif
     const int32_t rc = llama_decode(c.ctx, batch);
     // An abort is for the decode in progress: one that arrives as it finishes must not stop
     // the next, unrelated one.
@@ -1302,6 +1307,13 @@ WL_EXPORT(wl_context_new) int32_t wl_context_new(int32_t model, const wl_context
         if (p->pooling_type >= 0) cp.pooling_type = (enum llama_pooling_type) p->pooling_type;
         require(p->kv_unified == 0 || p->kv_unified == 1, "kv_unified must be 0 or 1");
         cp.kv_unified = p->kv_unified != 0;
+        require(p->numerics == WL_NUMERICS_FAST || p->numerics == WL_NUMERICS_X86,
+                "numerics must be 0 (fast) or 1 (x86)");
+#if !defined(__wasm__) && !defined(__x86_64__) && !defined(_M_X64) && !defined(__i386__) && !defined(_M_IX86)
+        if (p->numerics == WL_NUMERICS_X86) {
+            throw wl_error(WL_E_UNSUPPORTED, "numerics x86: this native build is not an x86 one (it rounds as its own CPU does)");
+        }
+#endif
         cp.no_perf = true;
         auto c = std::make_shared<Context>();
         cp.abort_callback = abort_cb;
@@ -1309,6 +1321,7 @@ WL_EXPORT(wl_context_new) int32_t wl_context_new(int32_t model, const wl_context
         t_last_log_error.clear();
         c->kv_unified = cp.kv_unified;
         c->embeddings = cp.embeddings;
+        c->x86_numerics = p->numerics == WL_NUMERICS_X86;
         c->ctx = llama_init_from_model(m->model, cp);
         if (!c->ctx) {
             std::string msg = "failed to create the context";

@@ -30,7 +30,7 @@ extern "C" {
  * major M and minor >= m, and refuses any other, naming both versions. (2.0 was never released:
  * its structs had reserved space instead of a size; 2.1 is the first layout below.) */
 #define WL_ABI_VERSION 2
-#define WL_ABI_MINOR   3
+#define WL_ABI_MINOR   4
 
 /* Sized structs. Every struct begins with `size` (int32_t, or int64_t in a struct of int64_t
  * fields, so there is no padding): the struct's size as its writer knows it. Structs only grow at
@@ -143,7 +143,16 @@ typedef struct wl_context_params {
                                default: sequences compute exactly as alone); 1: one buffer for
                                all, where a token may belong to several sequences and copies
                                between sequences may be partial */
+    int32_t numerics;       /* since 2.4. WL_NUMERICS_FAST (0): the build's fastest kernels;
+                               WL_NUMERICS_X86 (1): round as llama.cpp's x86 CPU builds do (wasm:
+                               Q8_0, Q4_0 and Q4_1 through kernels that reproduce x86's AVX2 ones,
+                               about half as fast; natively an x86 build already does, any other
+                               is WL_E_UNSUPPORTED) */
 } wl_context_params;
+
+/* wl_context_params.numerics */
+#define WL_NUMERICS_FAST 0
+#define WL_NUMERICS_X86  1
 
 /* ---- library ----------------------------------------------------------------------------
  * Ownership: every object is an int32 handle (> 0, never reused while live) freed by its

@@ -66,6 +66,7 @@ def test_constants_match_the_header() -> None:
     assert errors == {k.removeprefix("E_"): getattr(abi, k) for k in dir(abi) if k.startswith("E_")}
     assert header_defines("STOP_") == {k: getattr(abi, k) for k in dir(abi) if k.startswith("STOP_")}
     assert header_defines("TOK_") == {k: getattr(abi, k) for k in dir(abi) if k.startswith("TOK_")}
+    assert header_defines("NUMERICS_") == {k: getattr(abi, k) for k in dir(abi) if k.startswith("NUMERICS_")}
 
 
 @pytest.mark.parametrize(("struct", "layout"), [
@@ -137,7 +138,20 @@ def test_a_newer_host_field_this_module_does_not_know_is_refused(shim: tuple[Shi
         in message
 
 
-@pytest.mark.parametrize("size", [0, 4, abi.CONTEXT_PARAMS.size - 4, abi.CONTEXT_PARAMS.size + 2, 1 << 20])
+def test_an_older_host_struct_is_read_with_its_missing_fields_zero(shim: tuple[ShimBackend, int]) -> None:
+    """ABI 2.1's wl_context_params (56 bytes, before `numerics`): the fast numerics."""
+    be, model = shim
+    values = _context_params()
+    assert values[-1] == abi.NUMERICS_FAST
+    status, _ = _call(be, "wl_context_new", model, struct.pack("<14i", FIRST_CONTEXT_PARAMS_SIZE, *values[1:14]))
+    assert status > 0
+    be.free_context(status)
+
+
+FIRST_CONTEXT_PARAMS_SIZE = 56  # ABI 2.1's layout: the smallest a module accepts
+
+
+@pytest.mark.parametrize("size", [0, 4, FIRST_CONTEXT_PARAMS_SIZE - 4, abi.CONTEXT_PARAMS.size + 2, 1 << 20])
 def test_a_struct_size_that_is_no_layout_is_refused(shim: tuple[ShimBackend, int], size: int) -> None:
     be, model = shim
     values = _context_params()

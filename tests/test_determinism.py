@@ -18,6 +18,7 @@ from pathlib import Path
 import pytest
 
 import wasillama
+from wasillama.options import Numerics
 
 PROMPTS = ("The capital of France is", "def fibonacci(n):", "Once upon a time, in a land far away,")
 
@@ -34,10 +35,17 @@ PINNED: dict[str, tuple[str, str]] = {
 }
 
 
-def logits_digest(model: wasillama.Model, n_threads: int = 1) -> str:
+# numerics="x86" (its own kernels for Q8_0, Q4_0 and Q4_1): name -> logits sha256
+PINNED_X86: dict[str, str] = {
+    "smollm2-q4_1": "d9d98b2ec42db36b1ff37ab80ef8adf67f57f1591739fef380f1c82ddc44a4c8",
+    "synthetic-q8_0": "9949a255062c26f24184ad464a6062378403a7af6104e3a6de3fe7b06709462e",
+}
+
+
+def logits_digest(model: wasillama.Model, n_threads: int = 1, numerics: Numerics = "fast") -> str:
     """sha256 of the float32 logits after each prompt and after each of 4 greedy steps from it."""
     h = hashlib.sha256()
-    with model.new_context(n_ctx=256, n_threads=n_threads, n_threads_batch=n_threads) as ctx:
+    with model.new_context(n_ctx=256, n_threads=n_threads, n_threads_batch=n_threads, numerics=numerics) as ctx:
         for prompt in PROMPTS:
             tokens = model.tokenize(prompt)
             for _ in range(5):
@@ -66,6 +74,14 @@ def test_the_logits_are_the_same_on_every_machine(name: str, n_threads: int, mod
     assert hashlib.sha256(path.read_bytes()).hexdigest() == file_sha, f"the {name} model file itself changed"
     with wasillama.Model.load(path) as model:
         assert logits_digest(model, n_threads) == logits_sha
+
+
+@pytest.mark.parametrize("n_threads", [1, 2])
+@pytest.mark.parametrize("name", sorted(PINNED_X86))
+def test_x86_numerics_give_the_same_logits_on_every_machine(name: str, n_threads: int,
+                                                            models: dict[str, Path]) -> None:
+    with wasillama.Model.load(models[name]) as model:
+        assert logits_digest(model, n_threads, "x86") == PINNED_X86[name]
 
 
 def test_the_same_logits_in_every_sandbox(models: dict[str, Path]) -> None:

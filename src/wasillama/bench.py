@@ -19,6 +19,7 @@ import numpy as np
 
 from .context import Context
 from .model import Model
+from .options import Numerics
 
 
 @dataclass(frozen=True)
@@ -57,11 +58,11 @@ def _time_tg(ctx: Context, tokens: np.ndarray) -> float:
 
 
 def run_bench(model: Model, *, n_prompt: int = 512, n_gen: int = 128, repetitions: int = 3,
-              n_batch: int = 512, n_threads: int = 0) -> list[BenchResult]:
+              n_batch: int = 512, n_threads: int = 0, numerics: Numerics = "fast") -> list[BenchResult]:
     """pp{n_prompt} and tg{n_gen} on `model` (either may be 0 to skip it)."""
     results = []
     with model.new_context(n_ctx=max(n_prompt, n_gen) + 16, n_batch=n_batch, n_ubatch=n_batch,
-                           n_threads=n_threads, n_threads_batch=n_threads) as ctx:
+                           n_threads=n_threads, n_threads_batch=n_threads, numerics=numerics) as ctx:
         for test, n, timer in (("pp", n_prompt, _time_pp), ("tg", n_gen, _time_tg)):
             if n <= 0:
                 continue

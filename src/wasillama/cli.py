@@ -15,7 +15,7 @@ from . import __version__
 from .backend import Backend, installed_plugins
 from .errors import WasillamaError
 from .model import Model
-from .options import MAX_TOKENS, ContextOptions, Sampling
+from .options import MAX_TOKENS, ContextOptions, Numerics, Sampling
 from .progress import wanted as show_progress
 
 
@@ -210,6 +210,8 @@ def chat(system: str | None, model_path: str | None, backend: str, gpu_layers: i
 @click.option("-r", "--repetitions", type=int, default=3, show_default=True)
 @click.option("-b", "--batch-size", type=int, default=512, show_default=True)
 @click.option("-t", "--threads", type=int, default=0, help="Threads, both backends (0: one per core).")
+@click.option("--numerics", type=click.Choice(["fast", "x86"]), default=ContextOptions().numerics, show_default=True,
+              help="x86: round as native llama.cpp's x86 builds do (wasm: slower on Q8_0/Q4_0/Q4_1/Q4_K).")
 @click.option("--llama-bench", "llama_bench", type=click.Path(exists=True, dir_okay=False), default=None,
               help="Also run this native llama-bench binary on the same model and print ratios.")
 @click.option("--llama-bench-threads", type=int, default=1, show_default=True,
@@ -221,7 +223,8 @@ def chat(system: str | None, model_path: str | None, backend: str, gpu_layers: i
 @model_options
 @click.pass_context
 def bench(ctx: click.Context, n_prompt: int, n_gen: int, repetitions: int, batch_size: int, threads: int,
-          llama_bench: str | None, llama_bench_threads: int, side_by_side: bool, model_path: str | None, backend: str,
+          numerics: Numerics, llama_bench: str | None, llama_bench_threads: int, side_by_side: bool,
+          model_path: str | None, backend: str,
           gpu_layers: int, trust_model: bool, verbose: bool, quiet: bool) -> None:
     """Prompt processing (pp) and generation (tg) speed, as llama-bench measures them."""
     from .bench import run_bench, run_llama_bench
@@ -239,7 +242,7 @@ def bench(ctx: click.Context, n_prompt: int, n_gen: int, repetitions: int, batch
         path = str(fetch(path[len("hf://"):], quiet=quiet))
     with _load(path, backend, gpu_layers, trust_model, quiet) as model:
         ours = run_bench(model, n_prompt=n_prompt, n_gen=n_gen, repetitions=repetitions, n_batch=batch_size,
-                         n_threads=threads)
+                         n_threads=threads, numerics=numerics)
         desc = f"{model.description} ({model.size_bytes / 2**20:.0f} MiB)"
     theirs = {}
     if llama_bench:

@@ -24,6 +24,9 @@ from .errors import InvalidArgumentError
 T = TypeVar("T")
 
 Pooling = Literal["none", "mean", "cls", "last", "rank"]
+# "fast": the backend's fastest kernels. "x86": round as llama.cpp's native x86 CPU builds do
+# (AVX2 and AVX-512 machines alike), at some cost in wasm (docs/parity.md).
+Numerics = Literal["fast", "x86"]
 
 MAX_TOKENS = 256  # tokens generate() produces at most unless told otherwise
 
@@ -117,8 +120,14 @@ class ContextOptions:
     kv_unified: bool = False  # one buffer for all sequences (a token may belong to several)
     embeddings: bool = False  # compute embeddings (Context.embed) instead of logits
     pooling: Pooling | None = None  # how embeddings pool; None = as the model says
+    # "x86": the same logits as native llama.cpp on x86 (wasm: Q8_0, Q4_0 and Q4_1 weights through
+    # kernels that round as x86's do, about half as fast on those types; the native backend on
+    # x86 always does). Both are deterministic in wasm. See docs/parity.md.
+    numerics: Numerics = "fast"
 
     def __post_init__(self) -> None:
+        if self.numerics not in ("fast", "x86"):
+            raise InvalidArgumentError(f"numerics must be 'fast' or 'x86', not {self.numerics!r}")
         if self.pooling is not None and self.pooling not in ("none", "mean", "cls", "last", "rank"):
             raise InvalidArgumentError(f"unknown pooling {self.pooling!r}: use none, mean, cls, last or rank")
         if self.n_ctx < 0 or self.n_batch <= 0 or self.n_ubatch <= 0:

@@ -18,7 +18,7 @@ from .. import errors
 from ..options import ContextOptions, LoadOptions, Sampling
 
 ABI_VERSION = 2  # the major version: must match
-ABI_MINOR = 3    # additions: the module's minor version must be at least this
+ABI_MINOR = 4    # additions: the module's minor version must be at least this
 
 
 def split_version(raw: int) -> tuple[int, int]:
@@ -114,6 +114,9 @@ SAMPLER_LOGIT_BIAS = 14
 SAMPLER_GRAMMAR = 15
 SAMPLER_GRAMMAR_LAZY = 16
 
+NUMERICS_FAST = 0  # the build's fastest kernels
+NUMERICS_X86 = 1   # round as llama.cpp's x86 CPU builds
+
 SPLIT_MODE_LAYER = 1  # llama_split_mode: whole layers per GPU
 
 STOP_LENGTH = 0
@@ -153,7 +156,7 @@ def tok_flags(special: bool, parse: bool) -> int:
 
 
 MODEL_PARAMS = struct.Struct("<8i")     # size, then 7 fields
-CONTEXT_PARAMS = struct.Struct("<14i")  # size, then 13 fields
+CONTEXT_PARAMS = struct.Struct("<15i")  # size, then 14 fields
 MODEL_INFO = struct.Struct("<19q")      # size, then 18 fields
 
 
@@ -197,6 +200,7 @@ class ContextParams:
     offload_kqv: bool
     pooling_type: int  # -1 = from the model
     kv_unified: bool
+    numerics: int  # NUMERICS_FAST / NUMERICS_X86
 
     @classmethod
     def of(cls, o: ContextOptions) -> ContextParams:
@@ -204,13 +208,14 @@ class ContextParams:
         n_ubatch = o.n_batch if o.embeddings else min(o.n_ubatch, o.n_batch)
         return cls(o.n_ctx, o.n_batch, n_ubatch, o.n_seq_max, o.n_threads, o.n_threads_batch, o.embeddings,
                    -1 if o.flash_attn is None else int(o.flash_attn), o.type_k, o.type_v, o.offload_kqv,
-                   -1 if o.pooling is None else POOLING[o.pooling], o.kv_unified)
+                   -1 if o.pooling is None else POOLING[o.pooling], o.kv_unified,
+                   NUMERICS[o.numerics])
 
     def pack(self) -> bytes:
         return CONTEXT_PARAMS.pack(
             CONTEXT_PARAMS.size, self.n_ctx, self.n_batch, self.n_ubatch, self.n_seq_max, self.n_threads,
             self.n_threads_batch, int(self.embeddings), self.flash_attn, self.type_k, self.type_v,
-            int(self.offload_kqv), self.pooling_type, int(self.kv_unified),
+            int(self.offload_kqv), self.pooling_type, int(self.kv_unified), self.numerics,
         )
 
 
@@ -293,6 +298,7 @@ def sampler_chain(s: Sampling, seed: int, eog_tokens: Sequence[int] = (),
 
 
 POOLING: dict[str, int] = {"none": 0, "mean": 1, "cls": 2, "last": 3, "rank": 4}  # llama_pooling_type
+NUMERICS: dict[str, int] = {"fast": NUMERICS_FAST, "x86": NUMERICS_X86}  # wl_context_params.numerics
 
 
 @dataclass(frozen=True)
