@@ -145,9 +145,9 @@ typedef struct wl_context_params {
                                between sequences may be partial */
     int32_t numerics;       /* since 2.4. WL_NUMERICS_FAST (0): the build's fastest kernels;
                                WL_NUMERICS_X86 (1): round as llama.cpp's x86 CPU builds do (wasm:
-                               Q8_0, Q4_0 and Q4_1 through kernels that reproduce x86's AVX2 ones,
-                               about half as fast; natively an x86 build already does, any other
-                               is WL_E_UNSUPPORTED) */
+                               Q8_0, Q4_0, Q4_1 and Q4_K through kernels that reproduce x86's AVX2
+                               ones, slower on prompts; natively an x86 build already does, any
+                               other is WL_E_UNSUPPORTED) */
 } wl_context_params;
 
 /* wl_context_params.numerics */

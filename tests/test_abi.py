@@ -138,6 +138,9 @@ def test_a_newer_host_field_this_module_does_not_know_is_refused(shim: tuple[Shi
         in message
 
 
+FIRST_CONTEXT_PARAMS_SIZE = 56  # ABI 2.1's layout: the smallest a module accepts
+
+
 def test_an_older_host_struct_is_read_with_its_missing_fields_zero(shim: tuple[ShimBackend, int]) -> None:
     """ABI 2.1's wl_context_params (56 bytes, before `numerics`): the fast numerics."""
     be, model = shim
@@ -146,9 +149,6 @@ def test_an_older_host_struct_is_read_with_its_missing_fields_zero(shim: tuple[S
     status, _ = _call(be, "wl_context_new", model, struct.pack("<14i", FIRST_CONTEXT_PARAMS_SIZE, *values[1:14]))
     assert status > 0
     be.free_context(status)
-
-
-FIRST_CONTEXT_PARAMS_SIZE = 56  # ABI 2.1's layout: the smallest a module accepts
 
 
 @pytest.mark.parametrize("size", [0, 4, FIRST_CONTEXT_PARAMS_SIZE - 4, abi.CONTEXT_PARAMS.size + 2, 1 << 20])

@@ -35,7 +35,7 @@ PINNED: dict[str, tuple[str, str]] = {
 }
 
 
-# numerics="x86" (its own kernels for Q8_0, Q4_0 and Q4_1): name -> logits sha256
+# numerics="x86" (its own kernels for Q8_0, Q4_0, Q4_1 and Q4_K): name -> logits sha256
 PINNED_X86: dict[str, str] = {
     "smollm2-q4_1": "d9d98b2ec42db36b1ff37ab80ef8adf67f57f1591739fef380f1c82ddc44a4c8",
     "synthetic-q8_0": "9949a255062c26f24184ad464a6062378403a7af6104e3a6de3fe7b06709462e",

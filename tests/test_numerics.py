@@ -23,15 +23,19 @@ import wasillama
 from helpers import load_model, native_available
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
-from parity_report import logits, native_logits
+from parity_report import logits, native_logits, rel_rms
 
 # One layer, so the kernels themselves show: deeper models amplify every last-bit difference.
 SHAPE = {"seed": 5, "n_layer": 1, "n_embd": 256, "n_ff": 512}
 X86_TYPES = ("q8_0", "q4_0", "q4_1")
 
 
+def _is_x86() -> bool:
+    return platform.machine().lower() in ("x86_64", "amd64")
+
+
 def _require_native_x86() -> None:
-    if platform.machine().lower() not in ("x86_64", "amd64"):
+    if not _is_x86():
         pytest.skip("the reference is native llama.cpp's x86 kernels")
     if not native_available():
         pytest.skip("the native plugin (the reference) is not installed: pip install ./native_fallback")
@@ -48,9 +52,19 @@ def test_x86_numerics_give_native_x86_logits(qtype: str, synthetic_models: Calla
     assert not np.array_equal(logits(path, "wasm", "fast"), native)
 
 
-@pytest.mark.parametrize("qtype", X86_TYPES)
+def test_x86_numerics_bring_q4_k_to_native_x86(synthetic_models: Callable[..., Path], tmp_path: Path) -> None:
+    """Q4_K's dot product is x86's too, but something else on its path is not yet (measured:
+    4e-8 with x86 numerics, 2.4e-3 with fast), so Q4_K is held to native's float noise."""
+    _require_native_x86()
+    path = synthetic_models(**SHAPE, qtype="q4_k")
+    native, _ = native_logits(path, "haswell", tmp_path / "native.npy")
+    assert rel_rms(logits(path, "wasm", "x86"), native) < 1e-6
+    assert rel_rms(logits(path, "wasm", "fast"), native) > 1e-4
+
+
+@pytest.mark.parametrize("qtype", [*X86_TYPES, "q4_k"])
 def test_x86_numerics_compute_a_batch_as_single_tokens(qtype: str, synthetic_models: Callable[..., Path]) -> None:
-    """Those types skip the wasm tiles with x86 numerics, so a prompt in one batch and one token
+    """Those types (and Q4_K) skip the wasm tiles with x86 numerics, so a prompt in one batch and one token
     at a time go through the same dot products: the very same floats."""
     path = synthetic_models(**SHAPE, qtype=qtype)
     with wasillama.Model.load(path) as model, \
@@ -67,7 +81,7 @@ def test_x86_numerics_compute_a_batch_as_single_tokens(qtype: str, synthetic_mod
 def test_the_numerics_option(backend_name: str, synthetic_models: Callable[..., Path]) -> None:
     """wasm: the two numerics compute differently, each the same every time; native (x86): there
     is one way, its own, so both give the same logits."""
-    if backend_name == "native" and platform.machine().lower() not in ("x86_64", "amd64"):
+    if backend_name == "native" and not _is_x86():
         pytest.skip("numerics='x86' on a native build for another CPU is refused (tested by the shim)")
     path = synthetic_models(**SHAPE, qtype="q8_0")
     with load_model(path, backend_name) as model:

@@ -7,7 +7,7 @@ import os
 import platform
 import sys
 from collections.abc import Callable
-from typing import Any
+from typing import Any, get_args
 
 import click
 
@@ -210,7 +210,7 @@ def chat(system: str | None, model_path: str | None, backend: str, gpu_layers: i
 @click.option("-r", "--repetitions", type=int, default=3, show_default=True)
 @click.option("-b", "--batch-size", type=int, default=512, show_default=True)
 @click.option("-t", "--threads", type=int, default=0, help="Threads, both backends (0: one per core).")
-@click.option("--numerics", type=click.Choice(["fast", "x86"]), default=ContextOptions().numerics, show_default=True,
+@click.option("--numerics", type=click.Choice(get_args(Numerics)), default=ContextOptions().numerics, show_default=True,
               help="x86: round as native llama.cpp's x86 builds do (wasm: slower on Q8_0/Q4_0/Q4_1/Q4_K).")
 @click.option("--llama-bench", "llama_bench", type=click.Path(exists=True, dir_okay=False), default=None,
               help="Also run this native llama-bench binary on the same model and print ratios.")

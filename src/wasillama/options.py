@@ -17,7 +17,7 @@ import math
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, Literal, TypeVar
+from typing import Any, Literal, TypeVar, get_args
 
 from .errors import InvalidArgumentError
 
@@ -126,7 +126,7 @@ class ContextOptions:
     numerics: Numerics = "fast"
 
     def __post_init__(self) -> None:
-        if self.numerics not in ("fast", "x86"):
+        if self.numerics not in get_args(Numerics):
             raise InvalidArgumentError(f"numerics must be 'fast' or 'x86', not {self.numerics!r}")
         if self.pooling is not None and self.pooling not in ("none", "mean", "cls", "last", "rank"):
             raise InvalidArgumentError(f"unknown pooling {self.pooling!r}: use none, mean, cls, last or rank")
