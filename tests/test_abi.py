@@ -138,6 +138,15 @@ def test_a_newer_host_field_this_module_does_not_know_is_refused(shim: tuple[Shi
         in message
 
 
+def test_an_unknown_numerics_value_is_refused(shim: tuple[ShimBackend, int]) -> None:
+    be, model = shim
+    values = _context_params()
+    values[-1] = 2
+    status, message = _call(be, "wl_context_new", model, abi.CONTEXT_PARAMS.pack(*values))
+    assert status == abi.E_ARG
+    assert "numerics must be 0 (fast) or 1 (x86)" in message
+
+
 FIRST_CONTEXT_PARAMS_SIZE = 56  # ABI 2.1's layout: the smallest a module accepts
 
 
