@@ -4,21 +4,31 @@
 # wasi-threads' thread-spawn), plus wasm/llama.wasm.json describing the build.
 #
 # Reproducible: pinned sources (sha256-checked), pinned Debian toolchain, fixed flags, no
-# timestamps or build paths in the output (-ffile-prefix-map); two runs give the same bytes.
+# timestamps or build paths in the output (-ffile-prefix-map); two runs give the same bytes, from
+# any checkout folder (see below).
 #
 # Usage: wasm/build.sh            (installs the toolchain with apt-get when it is missing)
 #        WASILLAMA_BUILD_JOBS=N   parallel compile jobs (default: nproc)
 set -euo pipefail
 
 # LLVM 22's wasm exception-handling codegen depends on where the compiler's own objects land in
-# memory (llama-context.cpp compiled to two different objects across runs); with address-space
-# randomisation off it is deterministic, so the whole build runs under `setarch -R`.
+# memory: CFGStackify iterates a map keyed by pointers when it nests try_tables (fixed upstream
+# after 22.1, llvm-project PR 205184). Those addresses move with address-space randomisation and
+# with the length of the paths the compiler is handed (a checkout in another folder gave other
+# bytes in three functions). So the whole build runs under `setarch -R`, from one fixed path: a
+# symlink to this checkout, held under a lock while the build runs.
+canonical=/tmp/wasillama-wasm-build
 if [ -z "${WASILLAMA_BUILD_NO_ASLR:-}" ]; then
     export WASILLAMA_BUILD_NO_ASLR=1
-    exec setarch "$(uname -m)" -R bash "$0" "$@"
+    checkout="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd -P)"
+    exec 9>"$canonical.lock"
+    flock 9
+    ln -sfn "$checkout" "$canonical"
+    exec setarch "$(uname -m)" -R bash "$canonical/wasm/build.sh" "$@"
 fi
 
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+[ "$here" = "$canonical/wasm" ] || { echo "wasm/build.sh: run from $canonical, not $here" >&2; exit 1; }
 root="$(cd "$here/.." && pwd)"
 work="$here/.work"
 jobs="${WASILLAMA_BUILD_JOBS:-$(nproc)}"
