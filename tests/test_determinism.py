@@ -1,6 +1,6 @@
 """The wasm backend computes the very same logits on every machine: wasm's float semantics are
-deterministic (IEEE 754, no fused or reassociated operations; llama.wasm's one relaxed SIMD
-instruction, an i8 x u7 dot product, only sees operands where every lowering agrees), and nothing
+deterministic (IEEE 754, no fused or reassociated operations; llama.wasm's relaxed SIMD
+instructions, i8 x u7 dot products, only see operands where every lowering agrees), and nothing
 inside the guest asks what the host CPU is. So the logits' sha256 is pinned here, and every
 machine that runs the suite must produce it (this VM, CI, the GPU machine's CPU), with any number
 of guest threads.

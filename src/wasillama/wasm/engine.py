@@ -61,9 +61,10 @@ _compiled: CompiledModule | None = None
 def _make_engine() -> wasmtime.Engine:
     cfg = wasmtime.Config()
     cfg.wasm_simd = True
-    # llama.wasm's one relaxed instruction (the K-quants' i8 x u7 dot) keeps its 7-bit operand in
-    # range, where every lowering gives the same integers; the deterministic lowering of it would
-    # be the slow one (wasm/build.sh checks that no other relaxed instruction is in the module)
+    # llama.wasm's relaxed instructions (the i8 x u7 dots of the K-quants, Q4_0 and Q4_1) keep
+    # their 7-bit operand in range, where every lowering gives the same integers; the
+    # deterministic lowering would be the slow one (wasm/build.sh checks that no other relaxed
+    # instruction is in the module)
     cfg.wasm_relaxed_simd = True
     cfg.wasm_relaxed_simd_deterministic = False
     cfg.wasm_exceptions = True  # llama.cpp reports load errors by throwing
