@@ -1,25 +1,52 @@
 """Aggregate generation speed of `Context.generate_batch` (N prompts at once) against N sequential
-`generate` calls, on one backend, greedy, same prompts (so the same tokens).
+`generate` calls, on one backend, in llama-batched-bench's shape so that the two can be compared:
+N prompts of `--n-prompt` random tokens (a fixed seed), each generating `-n` tokens greedily with
+end-of-generation ignored, 1 thread.
 
-    python benchmarks/batch.py [--backend wasm|native] [-m MODEL] [-n 128] [--prompts 8]
+    python benchmarks/batch.py [--backend wasm|native] [-m MODEL] [-n 128] [--n-prompt 32] [--prompts 8]
+                               [--llama-batched-bench BIN]
 
-benchmarks/batch_vs_native.sh runs it next to llama-batched-bench from the pinned source.
+It reports, like llama-batched-bench: S_PP (prompt tokens/s of all sequences), S_TG (generated
+tokens/s of all sequences: the time of a run generating n + 1 tokens less that of a run generating
+one, each in a new context, so prompts and the first sample are out of it) and S (all tokens over
+all time), and the sequential calls' S_TG the same way. generate_batch samples every token (the
+native tool decodes random ones), so its S_TG includes sampling. With --llama-batched-bench it
+also runs that binary on the same model and shape (1 and N sequences) and prints the ratios;
+benchmarks/batch_vs_native.sh builds it from the pinned source and adds pp512 for reference.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
+import statistics
+import subprocess
 import time
+from collections.abc import Callable
 
-from wasillama import Model
+import numpy as np
+
+from wasillama import Model, Sampling
 from wasillama.default_model import default_model_path
 
-PROMPTS = [
-    "Write a short story about a lighthouse keeper.", "Explain how a rainbow forms.",
-    "List some facts about the planet Mars.", "Describe a walk through a forest in autumn.",
-    "What makes a good cup of coffee?", "Tell me about the history of the bicycle.",
-    "How do bees make honey?", "Describe the city of Paris.",
-]
+
+def timed(fn: Callable[[], object], reps: int) -> float:
+    """The median seconds of `reps` calls."""
+    out = []
+    for _ in range(reps):
+        t = time.perf_counter()
+        fn()
+        out.append(time.perf_counter() - t)
+    return statistics.median(out)
+
+
+def native_tg(binary: str, model: str, pp: int, n: int, pl: int, threads: int) -> dict[int, float]:
+    """llama-batched-bench's S_TG (t/s) at 1 and `pl` parallel sequences."""
+    out = subprocess.run([binary, "-m", model, "-c", str((pp + n + 16) * pl), "-b", "512", "-ub", "512",
+                          "-npp", str(pp), "-ntg", str(n), "-npl", f"1,{pl}", "-t", str(threads),
+                          "--output-format", "jsonl"], capture_output=True, text=True, check=True).stdout
+    rows = [json.loads(line) for line in out.splitlines() if line.startswith("{")]
+    return {int(r["pl"]): float(r["speed_tg"]) for r in rows}
 
 
 def main() -> None:
@@ -27,32 +54,48 @@ def main() -> None:
     ap.add_argument("--backend", default="wasm")
     ap.add_argument("-m", "--model", default=None)
     ap.add_argument("-n", "--n-gen", type=int, default=128)
+    ap.add_argument("--n-prompt", type=int, default=32)
     ap.add_argument("--prompts", type=int, default=8)
     ap.add_argument("-t", "--threads", type=int, default=1)
+    ap.add_argument("-r", "--repetitions", type=int, default=3)
+    ap.add_argument("--llama-batched-bench", default=None, help="native binary to run on the same shape")
     args = ap.parse_args()
     path = args.model or str(default_model_path())
-    prompts = (PROMPTS * 4)[: args.prompts]
+    n, pl, pp = args.n_gen, args.prompts, args.n_prompt
     with Model.load(path, backend=args.backend, trust_model=True) as model:
-        chats = [model.apply_chat_template([{"role": "user", "content": p}]) for p in prompts]
-        kw = {"max_tokens": args.n_gen, "temperature": 0, "parse_special": True}
-        with model.new_context(n_ctx=1024, n_threads=args.threads, n_threads_batch=args.threads) as ctx:
-            ctx.generate(chats[0], max_tokens=4, temperature=0, parse_special=True)  # warm-up
-            t = time.perf_counter()
-            seq = [ctx.generate(c, **kw) for c in chats]
-            t_seq = time.perf_counter() - t
-        with model.new_context(n_ctx=1024 * len(chats), n_seq_max=len(chats), n_threads=args.threads,
-                               n_threads_batch=args.threads) as ctx:
-            ctx.generate(chats[0], max_tokens=4, temperature=0, parse_special=True)
-            t = time.perf_counter()
-            batch = ctx.generate_batch(chats, **kw)
-            t_batch = time.perf_counter() - t
-    n_seq = sum(len(r.tokens) for r in seq)
-    n_batch = sum(len(r.tokens) for r in batch)
-    same = [r.tokens for r in seq] == [r.tokens for r in batch]
-    print(f"backend {args.backend}, {len(chats)} prompts x up to {args.n_gen} tokens, {args.threads} thread(s)")
-    print(f"sequential: {n_seq} tokens in {t_seq:.2f} s = {n_seq / t_seq:.1f} t/s (prompts included)")
-    print(f"batch:      {n_batch} tokens in {t_batch:.2f} s = {n_batch / t_batch:.1f} t/s (prompts included)")
-    print(f"batch / sequential: {t_seq / t_batch * n_batch / n_seq:.2f}x; same tokens: {same}")
+        rng = np.random.default_rng(0)
+        prompts = [rng.integers(0, model.n_vocab, pp).tolist() for _ in range(pl)]
+        greedy = Sampling(temperature=0.0, ignore_eos=True)
+        t = args.threads
+
+        def batch(max_tokens: int) -> list[list[int]]:
+            with model.new_context(n_ctx=(pp + n + 16) * pl, n_seq_max=pl, n_threads=t, n_threads_batch=t) as ctx:
+                return [r.tokens for r in ctx.generate_batch(prompts, max_tokens=max_tokens, sampling=greedy)]
+
+        def sequential(max_tokens: int) -> list[list[int]]:
+            with model.new_context(n_ctx=pp + n + 16, n_threads=t, n_threads_batch=t) as ctx:
+                out = []
+                for p in prompts:
+                    out.append(ctx.generate(p, max_tokens=max_tokens, sampling=greedy).tokens)
+                    ctx.clear()
+                return out
+
+        batch(2)  # warm-up
+        b1, bn = timed(lambda: batch(1), args.repetitions), timed(lambda: batch(n + 1), args.repetitions)
+        s1, sn = timed(lambda: sequential(1), args.repetitions), timed(lambda: sequential(n + 1), args.repetitions)
+        same = batch(n + 1) == sequential(n + 1)
+    tg_batch, tg_seq = pl * n / (bn - b1), pl * n / (sn - s1)
+    print(f"backend {args.backend}, {pl} prompts x {pp} tokens, {n} generated each, {args.threads} thread(s), "
+          f"median of {args.repetitions}")
+    print(f"batch:      S_PP {pl * pp / b1:8.1f} t/s  S_TG {tg_batch:8.1f} t/s  S {pl * (pp + n + 1) / bn:8.1f} t/s")
+    print(f"sequential: S_PP {pl * pp / s1:8.1f} t/s  S_TG {tg_seq:8.1f} t/s  S {pl * (pp + n + 1) / sn:8.1f} t/s")
+    print(f"batch / sequential S_TG: {tg_batch / tg_seq:.2f}x; same tokens: {same}")
+    if args.llama_batched_bench:
+        native = native_tg(args.llama_batched_bench, path, pp, n, pl, args.threads)
+        print(f"llama-batched-bench S_TG: {native[1]:.1f} t/s at 1 sequence, {native[pl]:.1f} t/s at {pl} "
+              f"({native[pl] / native[1]:.2f}x)")
+        print(f"{args.backend} / native S_TG: {tg_seq / native[1]:.2f} at 1 sequence, {tg_batch / native[pl]:.2f} "
+              f"at {pl}")
 
 
 if __name__ == "__main__":
