@@ -30,14 +30,14 @@ from wasillama import Model, Sampling
 from wasillama.default_model import default_model_path
 
 
-def timed(fn: Callable[[], object], reps: int) -> float:
-    """The median seconds of `reps` calls."""
+def timed(fn: Callable[[], list[list[int]]], reps: int) -> tuple[float, list[list[int]]]:
+    """The median seconds of `reps` calls, and what the last call returned."""
     out = []
     for _ in range(reps):
         t = time.perf_counter()
-        fn()
+        result = fn()
         out.append(time.perf_counter() - t)
-    return statistics.median(out)
+    return statistics.median(out), result
 
 
 def native_tg(binary: str, model: str, pp: int, n: int, pl: int, threads: int) -> dict[int, float]:
@@ -81,9 +81,11 @@ def main() -> None:
                 return out
 
         batch(2)  # warm-up
-        b1, bn = timed(lambda: batch(1), args.repetitions), timed(lambda: batch(n + 1), args.repetitions)
-        s1, sn = timed(lambda: sequential(1), args.repetitions), timed(lambda: sequential(n + 1), args.repetitions)
-        same = batch(n + 1) == sequential(n + 1)
+        b1, _ = timed(lambda: batch(1), args.repetitions)
+        bn, batch_tokens = timed(lambda: batch(n + 1), args.repetitions)
+        s1, _ = timed(lambda: sequential(1), args.repetitions)
+        sn, sequential_tokens = timed(lambda: sequential(n + 1), args.repetitions)
+        same = batch_tokens == sequential_tokens
     tg_batch, tg_seq = pl * n / (bn - b1), pl * n / (sn - s1)
     print(f"backend {args.backend}, {pl} prompts x {pp} tokens, {n} generated each, {args.threads} thread(s), "
           f"median of {args.repetitions}")
